@@ -1,0 +1,204 @@
+"""The ``l2lbench`` command line.
+
+Exit codes: 0 success; 2 bad usage or input (one line naming the bad value and the valid
+choices); 1 a failure while running (e.g. some runs failed: they are stored as failed
+and the rest of the suite still ran). ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import L2LBenchError, UsageError
+
+DEFAULT_RESULTS = "results"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage in one line (exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _csv(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"invalid list {value!r} (expected comma-separated names)")
+    return items
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r} (expected a positive integer)")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="l2lbench", description="Benchmark learned and hand-designed optimisers.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add_common(p: argparse.ArgumentParser, *, results: bool = False, data: bool = False) -> None:
+        p.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
+                       help="load optimiser plug-ins from a file or module (repeatable)")
+        if results:
+            p.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR", help="results folder (default: ./results)")
+        if data:
+            p.add_argument("--data-dir", default=None, metavar="DIR",
+                           help="dataset folder (default: $L2LBENCH_DATA or the user cache folder)")
+
+    run = commands.add_parser("run", help="run a suite: every task x optimiser x seed not yet stored")
+    run.add_argument("--suite", required=True, help="a built-in suite name or a .toml file")
+    run.add_argument("--tasks", type=_csv, metavar="A,B", help="only these tasks (names, dataset names or globs)")
+    run.add_argument("--optimizers", type=_csv, metavar="X,Y", help="only these optimisers (any registered name)")
+    run.add_argument("--seeds", type=_positive, metavar="N", help="seeds 0..N-1 (default: the suite's)")
+    run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    run.add_argument("--no-batch", action="store_true", help="run seeds one by one instead of batched with vmap")
+    run.add_argument("--verbose", "-v", action="store_true", help="print one line per finished job")
+    add_common(run, results=True, data=True)
+
+    lister = commands.add_parser("list", help="list optimizers, tasks or suites")
+    lister.add_argument("what", choices=["optimizers", "tasks", "suites"])
+    lister.add_argument("--format", choices=["text", "json"], default="text")
+    add_common(lister)
+
+    data = commands.add_parser("data", help="manage datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    importer = data_commands.add_parser("import", help="import original archives from a local folder (offline machines)")
+    importer.add_argument("source", metavar="DIR", help="folder laid out as torchvision dataset roots, e.g. DIR/MNIST/raw/*.gz")
+    importer.add_argument("--data-dir", default=None, metavar="DIR")
+    return parser
+
+
+def _data_dir(value: str | None) -> Path:
+    from .tasks.datasets import default_data_dir
+
+    return Path(value).expanduser() if value else default_data_dir()
+
+
+def _registry(plugins: list[str]):
+    from .optim.registry import OptimizerRegistry
+
+    registry = OptimizerRegistry.default(plugins)
+    for problem in registry.problems:
+        print(f"l2lbench: warning: {problem}", file=sys.stderr)
+    return registry
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .runner import plan, resolve_device, run_jobs, suite_runs
+    from .store import ResultsStore
+    from .suite import load_suite
+
+    device = resolve_device(args.device)
+    suite = load_suite(args.suite)
+    registry = _registry(args.plugin)
+    names = args.optimizers
+    if names is None and args.plugin:
+        # Plug-ins given on the command line run beside the suite's own optimisers.
+        builtin = {o.entry for o in suite.optimizers}
+        names = [o.name for o in suite.optimizers] + [
+            e.name for e in registry.entries() if e.source.startswith("plug-in") and e.name not in builtin
+        ]
+    tasks, optimizers = suite_runs(suite, registry, task_patterns=args.tasks, optimizer_names=names)
+    seeds = args.seeds or suite.seeds
+    data_dir = _data_dir(args.data_dir)
+    # Fail fast, before any compute, on data that is missing or corrupt.
+    for dataset in {t.dataset for t in tasks}:
+        dataset.load(data_dir)
+    store = ResultsStore(args.results)
+    jobs, skipped = plan(tasks, optimizers, seeds, store)
+    total = sum(len(j.seeds) for j in jobs)
+    print(
+        f"suite {suite.name}: {len(tasks)} tasks x {len(optimizers)} optimizers x {seeds} seeds; "
+        f"{skipped} runs already stored (skipped), {total} to run"
+    )
+    with tqdm(total=total, unit="run", disable=None, dynamic_ncols=True) as bar:
+        def done(job, records):
+            bar.update(len(records))
+            if args.verbose:
+                states = ", ".join(f"seed {r.seed} {r.status}" for r in records)
+                bar.write(f"{job.label}: {states} ({sum(r.wall_time_s for r in records):.1f}s)")
+
+        summary = run_jobs(jobs, store, data_dir=data_dir, device=device, vectorize=not args.no_batch, on_job_done=done)
+    print(
+        f"done: {summary.ok} ok, {summary.diverged} diverged, {len(summary.failed)} failed, "
+        f"{skipped} skipped; results in {store.path}"
+    )
+    for line in summary.failed:
+        print(f"l2lbench: failed: {line}", file=sys.stderr)
+    return 1 if summary.failed or registry.problems else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .suite import builtin_suites, load_suite
+
+    if args.what == "optimizers":
+        registry = _registry(args.plugin)
+        rows = [{"name": e.name, "source": e.source, "description": e.description} for e in registry.entries()]
+    elif args.what == "suites":
+        rows = []
+        for name in builtin_suites():
+            suite = load_suite(name)
+            rows.append({"name": name, "tasks": len(suite.tasks), "optimizers": len(suite.optimizers),
+                         "seeds": suite.seeds, "description": suite.description})
+    else:
+        rows, seen = [], set()
+        for name in builtin_suites():
+            for task in load_suite(name).tasks:
+                if task.hash not in seen:
+                    seen.add(task.hash)
+                    rows.append({"name": task.name, "hash": task.hash, "suite": name, "steps": task.steps})
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        from tabulate import tabulate
+
+        print(tabulate(rows, headers="keys", tablefmt="simple", maxcolwidths=[None] * (len(rows[0]) - 1) + [70] if rows else None))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .tasks.datasets import import_archives
+
+    source = Path(args.source).expanduser()
+    if not source.is_dir():
+        raise UsageError(f"import source {args.source!r} is not a folder (expected DIR laid out as DIR/MNIST/raw/*.gz)")
+    for line in import_archives(source, _data_dir(args.data_dir)):
+        print(line)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "data": cmd_data}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("L2LBENCH_DEBUG") == "1"
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except L2LBenchError as exc:
+        if debug:
+            raise
+        print(f"l2lbench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("l2lbench: interrupted; finished runs are stored, run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

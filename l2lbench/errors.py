@@ -1,0 +1,38 @@
+"""Exceptions that the command line turns into one-line messages and exit codes.
+
+Exit codes: 0 success, 2 bad usage or input, 1 a failure while running.
+"""
+
+from __future__ import annotations
+
+
+class L2LBenchError(Exception):
+    """Base class of the errors l2lbench reports as one line (no traceback)."""
+
+    exit_code = 1
+
+
+class UsageError(L2LBenchError):
+    """Bad usage or bad input: the message names the bad value and what was expected."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError, ValueError):
+    """A spec, suite file or hyperparameter that does not validate."""
+
+
+class DataMissingError(UsageError):
+    """A dataset whose files are absent here and could not be downloaded."""
+
+
+class DataCorruptError(UsageError):
+    """A dataset file that fails its checksum or cannot be parsed."""
+
+
+class PluginError(UsageError):
+    """An optimiser plug-in that fails to import or does not satisfy the interface."""
+
+
+class RunError(L2LBenchError):
+    """A failure while running (one or more runs failed, the store is unusable, ...)."""

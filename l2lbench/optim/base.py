@@ -1,0 +1,98 @@
+"""The optimiser plug-in interface: a pure functional core.
+
+An optimiser is two functions over explicit state (the shape of optax's
+``GradientTransformation`` and learned_optimization's ``Optimizer``)::
+
+    state = opt.init(params, generator=g)
+    new_params, state = opt.update(grads, state, params, context)
+
+``update`` works out of place and returns *new parameters*, so that meta-training can
+differentiate through a chain of updates, the runner can ``torch.func.vmap`` it over
+seeds, and a thin adapter (:mod:`l2lbench.optim.adapter`) can drive a user's model as a
+``torch.optim.Optimizer``. Everything a run needs lives in ``state``; a learned
+optimiser's meta-parameters are attributes, its per-run hidden states are not.
+
+Params and grads are ``dict[str, Tensor]`` keyed by parameter name (the layout of
+``torch.func.functional_call``); the state is any nest of NamedTuples, dicts, tuples and
+tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+Params = dict[str, Tensor]
+State = Any
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What an update may know about the step besides the gradients.
+
+    Attributes:
+        step: 0-based index of the learner step being taken.
+        inputs: the learner's current input batch (normalised float tensor, batch first).
+            Context-aware optimisers such as MTL2L read it; most ignore it.
+        loss: the learner's loss on that batch, before the update (0-dim tensor).
+        generator: the run's own random generator for optimisers that draw noise. It is
+            ``None`` when seeds are batched with ``vmap``; such optimisers declare
+            ``batchable = False`` and run seed by seed.
+    """
+
+    step: int
+    inputs: Tensor | None = None
+    loss: Tensor | None = None
+    generator: torch.Generator | None = None
+
+
+@runtime_checkable
+class FunctionalOptimizer(Protocol):
+    """What the harness needs of an optimiser plug-in (duck typed; subclassing optional)."""
+
+    def init(self, params: Params, *, generator: torch.Generator | None = None) -> State: ...
+
+    def update(
+        self, grads: Params, state: State, params: Params, context: StepContext
+    ) -> tuple[Params, State]: ...
+
+
+class Optimizer:
+    """Convenience base class for plug-ins, holding the capability flags the runner reads.
+
+    Attributes:
+        batchable: ``update`` can run under ``torch.func.vmap`` (no data-dependent Python
+            control flow, no random draws, no ``.item()``), so S seeds run as one batch.
+        differentiable: ``update`` is built from differentiable out-of-place tensor ops,
+            so gradients flow from later losses into the meta-parameters and the params.
+        learned: it has meta-parameters that must be meta-trained before it is meaningful.
+    """
+
+    batchable: ClassVar[bool] = True
+    differentiable: ClassVar[bool] = True
+    learned: ClassVar[bool] = False
+
+    def init(self, params: Params, *, generator: torch.Generator | None = None) -> State:
+        raise NotImplementedError
+
+    def update(
+        self, grads: Params, state: State, params: Params, context: StepContext
+    ) -> tuple[Params, State]:
+        raise NotImplementedError
+
+
+def capability(optimizer: Any, flag: str) -> bool:
+    """Read a capability flag from any plug-in object; the base class's default if absent."""
+    return bool(getattr(optimizer, flag, getattr(Optimizer, flag)))
+
+
+def interface_problems(optimizer: Any) -> list[str]:
+    """What is missing for ``optimizer`` to satisfy the interface (empty when it does)."""
+    problems = []
+    for method in ("init", "update"):
+        if not callable(getattr(optimizer, method, None)):
+            problems.append(f"has no callable {method}()")
+    return problems

@@ -1,0 +1,73 @@
+"""Optimiser configs: an entry name plus hyperparameters, with a derived name and hash."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from ..errors import ConfigError
+from ..hashing import content_hash
+from ..specs import format_value
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """Which registered entry to run, with which non-default hyperparameters.
+
+    ``hparams`` holds only what the user set; the resolved config (every argument of the
+    entry's factory, defaults filled in) is what gets hashed, so changing a plug-in's
+    default hyperparameter gives its results a new key instead of silently mixing them.
+
+    >>> OptimizerSpec("adam", (("lr", 0.001),)).name
+    'adam-lr0.001'
+    """
+
+    entry: str
+    hparams: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return "-".join([self.entry, *(f"{k}{format_value(v)}" for k, v in self.hparams)])
+
+    @classmethod
+    def from_config(cls, config: Any) -> "OptimizerSpec":
+        """From a suite entry: ``"adam"`` or ``{entry = "adam", lr = 0.001}``."""
+        if isinstance(config, str):
+            return cls(config)
+        if isinstance(config, Mapping) and isinstance(config.get("entry"), str):
+            hparams = tuple(sorted((str(k), v) for k, v in config.items() if k != "entry"))
+            return cls(config["entry"], hparams)
+        raise ConfigError(
+            f"invalid optimizer {config!r} (expected a name like \"adam\" or a table like "
+            "{entry = \"adam\", lr = 0.001})"
+        )
+
+
+def resolve_hparams(factory: Callable[..., Any], hparams: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """All of the factory's keyword arguments with defaults filled in, checked by name."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return dict(hparams)
+    accepted = {
+        k: p for k, p in signature.parameters.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+    open_ended = getattr(factory, "accepts_any_kwargs", False) or any(
+        p.kind is p.VAR_KEYWORD for p in signature.parameters.values()
+    )
+    unknown = sorted(set(hparams) - set(accepted))
+    if unknown and not open_ended:
+        raise ConfigError(
+            f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} for optimizer {name!r}; "
+            f"expected some of: {', '.join(accepted) or '(none)'}"
+        )
+    resolved = {k: p.default for k, p in accepted.items() if p.default is not inspect.Parameter.empty}
+    resolved.update(hparams)
+    return resolved
+
+
+def config_hash(entry: str, resolved: Mapping[str, Any]) -> str:
+    """The key of an optimiser config in the results store."""
+    return content_hash({"entry": entry, "hparams": dict(resolved)})

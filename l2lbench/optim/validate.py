@@ -1,0 +1,39 @@
+"""Hyperparameter checks shared by the reference optimisers: one line, with the bad value."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import Tensor
+
+from ..errors import ConfigError
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, Tensor):
+        return float(value.detach()) if value.numel() == 1 else None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+def check_range(
+    name: str, value: Any, low: float, high: float = math.inf, *, high_open: bool = False
+) -> None:
+    """Raise ``ConfigError`` unless ``low <= value <= high`` (or ``< high`` if open).
+
+    Tensors are accepted (meta-learned hyperparameters) and checked by their value.
+
+    >>> check_range("lr", 0.1, 0.0)
+    >>> check_range("lr", -1, 0.0)
+    Traceback (most recent call last):
+    ...
+    l2lbench.errors.ConfigError: invalid lr: -1 (expected a number in [0, inf])
+    """
+    number = _as_float(value)
+    upper = ")" if high_open else "]"
+    if number is None or not (low <= number) or number > high or (high_open and number >= high):
+        raise ConfigError(f"invalid {name}: {value!r} (expected a number in [{low:g}, {high:g}{upper})")

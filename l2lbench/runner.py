@@ -1,0 +1,192 @@
+"""Run a suite: plan the missing (task, optimiser, seed) runs, execute them, store them.
+
+A *job* is one (task, optimiser) pair and the seeds still missing for it; its seeds run
+batched when the optimiser allows. Every job's runs are written in one transaction as
+soon as the job ends, so an interrupted suite keeps everything finished before the
+interruption and a re-run computes only what is missing. A plug-in that raises is
+recorded as failed runs (with its message) and the suite goes on.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from .errors import L2LBenchError, UsageError
+from .learner import FunctionalLearner
+from .optim.base import capability
+from .optim.registry import OptimizerRegistry, ResolvedOptimizer
+from .provenance import provenance
+from .store import ResultsStore, RunRecord
+from .suite import Suite
+from .task import TaskSpec
+from .training import PreparedData, SeedOutcome, run_seeds
+
+
+@dataclass(frozen=True)
+class RunJob:
+    task: TaskSpec
+    optimizer: ResolvedOptimizer
+    seeds: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.optimizer.name} on {self.task.name}"
+
+
+@dataclass
+class RunSummary:
+    planned: int = 0
+    skipped: int = 0
+    ok: int = 0
+    diverged: int = 0
+    failed: list[str] = field(default_factory=list)  # one line per failed run
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``, checked against what this machine has."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"invalid device {name!r} (expected cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"invalid device {name!r} (expected cpu, cuda or cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r} is not available here (no CUDA device; expected cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"device {name!r} does not exist (this machine has {torch.cuda.device_count()} CUDA devices)")
+    return device
+
+
+def plan(
+    tasks: Iterable[TaskSpec], optimizers: Iterable[ResolvedOptimizer], seeds: int, store: ResultsStore
+) -> tuple[list[RunJob], int]:
+    """Jobs for the runs not yet stored, and how many runs are already stored."""
+    jobs, skipped = [], 0
+    optimizers = list(optimizers)
+    for task in tasks:
+        for optimizer in optimizers:
+            done = store.finished_seeds(task.hash, optimizer.hash)
+            missing = tuple(s for s in range(seeds) if s not in done)
+            skipped += seeds - len(missing)
+            if missing:
+                jobs.append(RunJob(task, optimizer, missing))
+    return jobs, skipped
+
+
+def execute_job(job: RunJob, *, data_dir: Path, device: torch.device, vectorize: bool = True) -> list[RunRecord]:
+    """Run one job; never raises for a plug-in's fault (that becomes failed records)."""
+    info = provenance(device)
+    try:
+        splits = job.task.dataset.load(data_dir)
+        data = PreparedData.from_splits(splits, job.task, device)
+        learner = FunctionalLearner(job.task.learner.build(job.task.dataset.input_shape, job.task.dataset.num_classes))
+        optimizer = job.optimizer.build()
+    except L2LBenchError as exc:
+        return [_failed(job, seed, str(exc), info) for seed in job.seeds]
+    except Exception as exc:
+        return [_failed(job, seed, _describe(exc), info, traceback.format_exc()) for seed in job.seeds]
+
+    records: list[RunRecord] = []
+    remaining = list(job.seeds)
+    if vectorize and len(remaining) > 1 and capability(optimizer, "batchable"):
+        start = time.perf_counter()
+        try:
+            outcomes = run_seeds(job.task, optimizer, learner, data, remaining, device=device, vectorize=True)
+        except Exception as exc:
+            # Not every plug-in that claims to be batchable survives vmap; the seeds
+            # then run one by one through the same step function.
+            info = {**info, "execution": f"per seed (batched run failed: {_describe(exc)})"}
+        else:
+            per_run = (time.perf_counter() - start) / len(outcomes)
+            info = {**info, "execution": f"vmap over {len(outcomes)} seeds"}
+            return [_record(job, o, per_run, info) for o in outcomes]
+    info.setdefault("execution", "per seed")
+    for seed in remaining:
+        start = time.perf_counter()
+        try:
+            (outcome,) = run_seeds(job.task, optimizer, learner, data, [seed], device=device, vectorize=False)
+        except Exception as exc:
+            records.append(_failed(job, seed, _describe(exc), info, traceback.format_exc()))
+            continue
+        records.append(_record(job, outcome, time.perf_counter() - start, info))
+    return records
+
+
+def run_jobs(
+    jobs: list[RunJob],
+    store: ResultsStore,
+    *,
+    data_dir: Path,
+    device: torch.device,
+    vectorize: bool = True,
+    on_job_done: Callable[[RunJob, list[RunRecord]], None] | None = None,
+) -> RunSummary:
+    """Execute ``jobs`` one after another, storing each as soon as it ends."""
+    summary = RunSummary(planned=sum(len(j.seeds) for j in jobs))
+    for job in jobs:
+        records = execute_job(job, data_dir=data_dir, device=device, vectorize=vectorize)
+        store.put(records)
+        for record in records:
+            if record.status == "ok":
+                summary.ok += 1
+            elif record.status == "diverged":
+                summary.diverged += 1
+            else:
+                summary.failed.append(f"{job.label}, seed {record.seed}: {record.error}")
+        if on_job_done is not None:
+            on_job_done(job, records)
+    return summary
+
+
+def suite_runs(
+    suite: Suite,
+    registry: OptimizerRegistry,
+    *,
+    task_patterns: list[str] | None = None,
+    optimizer_names: list[str] | None = None,
+) -> tuple[tuple[TaskSpec, ...], list[ResolvedOptimizer]]:
+    """The tasks and resolved optimisers a ``run`` of ``suite`` covers."""
+    tasks = suite.select_tasks(task_patterns)
+    if optimizer_names:
+        by_name = {o.name: o for o in suite.optimizers}
+        specs = [by_name.get(n, n) for n in optimizer_names]
+    else:
+        specs = list(suite.optimizers)
+    return tasks, [registry.resolve(s) for s in specs]
+
+
+def _describe(exc: BaseException) -> str:
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0] if message else ''}".rstrip(": ")
+
+
+def _base(job: RunJob, seed: int, info: dict) -> dict:
+    return dict(
+        task_hash=job.task.hash, optimizer_hash=job.optimizer.hash, seed=seed, task_name=job.task.name,
+        optimizer_name=job.optimizer.name, task_config=job.task.config(), optimizer_config=job.optimizer.config(),
+        provenance=info,
+    )
+
+
+def _record(job: RunJob, outcome: SeedOutcome, wall_time: float, info: dict) -> RunRecord:
+    return RunRecord(
+        **_base(job, outcome.seed, info),
+        status="diverged" if outcome.diverged_step is not None else "ok",
+        diverged_step=outcome.diverged_step,
+        train_loss=outcome.train_loss,
+        eval_steps=outcome.eval_steps,
+        test_loss=outcome.test_loss,
+        test_accuracy=outcome.test_accuracy,
+        wall_time_s=wall_time,
+    )
+
+
+def _failed(job: RunJob, seed: int, message: str, info: dict, trace: str | None = None) -> RunRecord:
+    info = {**info, "traceback": trace} if trace else info
+    return RunRecord(**_base(job, seed, info), status="failed", error=message)

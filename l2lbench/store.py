@@ -1,0 +1,236 @@
+"""The results store: one SQLite database (stdlib sqlite3, WAL) under the results folder.
+
+One row per run, keyed by (task hash, optimiser config hash, seed). A batch of runs is
+written in one transaction, so a run is stored whole or not at all; a completed run is
+never overwritten (no duplicates when two processes race), while a failed run is replaced
+by a later successful attempt. The schema version lives in ``PRAGMA user_version``; a
+store written by another version is refused with a message, never misread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .errors import RunError, UsageError
+
+SCHEMA_VERSION = 1
+DB_FILENAME = "l2lbench.sqlite"
+FINISHED = ("ok", "diverged")  # statuses a re-run skips; "failed" runs are retried
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    task_hash        TEXT    NOT NULL,
+    optimizer_hash   TEXT    NOT NULL,
+    seed             INTEGER NOT NULL,
+    task_name        TEXT    NOT NULL,
+    optimizer_name   TEXT    NOT NULL,
+    task_config      TEXT    NOT NULL,
+    optimizer_config TEXT    NOT NULL,
+    status           TEXT    NOT NULL CHECK (status IN ('ok', 'diverged', 'failed')),
+    diverged_step    INTEGER,
+    error            TEXT,
+    train_loss       TEXT    NOT NULL,
+    eval_steps       TEXT    NOT NULL,
+    test_loss        TEXT    NOT NULL,
+    test_accuracy    TEXT    NOT NULL,
+    wall_time_s      REAL    NOT NULL,
+    provenance       TEXT    NOT NULL,
+    created_at       TEXT    NOT NULL,
+    PRIMARY KEY (task_hash, optimizer_hash, seed)
+);
+CREATE INDEX IF NOT EXISTS runs_by_name ON runs (task_name, optimizer_name);
+"""
+
+_COLUMNS = (
+    "task_hash", "optimizer_hash", "seed", "task_name", "optimizer_name", "task_config",
+    "optimizer_config", "status", "diverged_step", "error", "train_loss", "eval_steps",
+    "test_loss", "test_accuracy", "wall_time_s", "provenance", "created_at",
+)
+
+
+def _encode_curve(values: Sequence[float]) -> str:
+    # JSON has no NaN/inf; a diverged value is stored as null and read back as nan.
+    return json.dumps([v if math.isfinite(v) else None for v in map(float, values)])
+
+
+def _decode_curve(text: str) -> list[float]:
+    return [math.nan if v is None else float(v) for v in json.loads(text)]
+
+
+@dataclass
+class RunRecord:
+    """One run of one optimiser on one task with one seed, as stored."""
+
+    task_hash: str
+    optimizer_hash: str
+    seed: int
+    task_name: str
+    optimizer_name: str
+    task_config: dict[str, Any]
+    optimizer_config: dict[str, Any]
+    status: str  # "ok", "diverged" or "failed"
+    train_loss: list[float] = field(default_factory=list)  # every step, before the update
+    eval_steps: list[int] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    test_accuracy: list[float] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    provenance: dict[str, Any] = field(default_factory=dict)
+    diverged_step: int | None = None
+    error: str | None = None
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.task_hash, self.optimizer_hash, self.seed)
+
+    def _row(self) -> tuple:
+        return (
+            self.task_hash, self.optimizer_hash, self.seed, self.task_name, self.optimizer_name,
+            json.dumps(self.task_config, sort_keys=True), json.dumps(self.optimizer_config, sort_keys=True),
+            self.status, self.diverged_step, self.error, _encode_curve(self.train_loss),
+            json.dumps(list(map(int, self.eval_steps))), _encode_curve(self.test_loss),
+            _encode_curve(self.test_accuracy), float(self.wall_time_s),
+            json.dumps(self.provenance, sort_keys=True), self.created_at,
+        )
+
+    @classmethod
+    def _from_row(cls, row: sqlite3.Row) -> "RunRecord":
+        return cls(
+            task_hash=row["task_hash"], optimizer_hash=row["optimizer_hash"], seed=row["seed"],
+            task_name=row["task_name"], optimizer_name=row["optimizer_name"],
+            task_config=json.loads(row["task_config"]), optimizer_config=json.loads(row["optimizer_config"]),
+            status=row["status"], diverged_step=row["diverged_step"], error=row["error"],
+            train_loss=_decode_curve(row["train_loss"]), eval_steps=json.loads(row["eval_steps"]),
+            test_loss=_decode_curve(row["test_loss"]), test_accuracy=_decode_curve(row["test_accuracy"]),
+            wall_time_s=row["wall_time_s"], provenance=json.loads(row["provenance"]),
+            created_at=row["created_at"],
+        )
+
+
+class ResultsStore:
+    """The runs of one results folder.
+
+    Args:
+        folder: the results folder; created if missing. The database is
+            ``folder/l2lbench.sqlite``.
+    """
+
+    def __init__(self, folder: Path | str) -> None:
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create results folder {str(self.folder)!r}: {exc.strerror or exc}") from None
+        if not os.access(self.folder, os.W_OK | os.X_OK):
+            raise UsageError(f"results folder {str(self.folder)!r} is not writable (expected a folder you can write to)")
+        self.path = self.folder / DB_FILENAME
+        try:
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below).
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=60000")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise RunError(f"results store {str(self.path)!r} cannot be opened: {exc}") from None
+
+    def _migrate(self) -> None:
+        # Checked inside an IMMEDIATE transaction so two processes creating the same
+        # store at once cannot both create it.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                tables = self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+                if tables:
+                    raise RunError(f"{str(self.path)!r} is not an l2lbench results store (it has other tables)")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise RunError(
+                    f"results store {str(self.path)!r} has schema version {version}; this l2lbench reads "
+                    f"version {SCHEMA_VERSION} (use a matching l2lbench or another --results folder)"
+                )
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "ResultsStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def finished_seeds(self, task_hash: str, optimizer_hash: str) -> set[int]:
+        """Seeds of this pair already stored as ok or diverged (a re-run skips them)."""
+        rows = self._db.execute(
+            "SELECT seed FROM runs WHERE task_hash = ? AND optimizer_hash = ? AND status IN (?, ?)",
+            (task_hash, optimizer_hash, *FINISHED),
+        )
+        return {row[0] for row in rows}
+
+    def put(self, records: Iterable[RunRecord]) -> int:
+        """Store ``records`` in one transaction; returns how many rows were written.
+
+        A key already stored as ok/diverged is left alone (the first finished result
+        wins); a stored failure is replaced.
+        """
+        rows = [r._row() for r in records]
+        if not rows:
+            return 0
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[3:])
+        sql = (
+            f"INSERT INTO runs ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "
+            f"ON CONFLICT (task_hash, optimizer_hash, seed) DO UPDATE SET {updates} "
+            "WHERE runs.status = 'failed'"
+        )
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._db.total_changes
+                self._db.executemany(sql, rows)
+                written = self._db.total_changes - before
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise RunError(f"cannot write to results store {str(self.path)!r}: {exc}") from None
+        return written
+
+    def runs(
+        self,
+        *,
+        task_hashes: Iterable[str] | None = None,
+        optimizer_hashes: Iterable[str] | None = None,
+        status: Iterable[str] | None = None,
+    ) -> list[RunRecord]:
+        """Stored runs, optionally filtered, ordered by task, optimiser and seed."""
+        clauses, params = [], []
+        for column, values in (("task_hash", task_hashes), ("optimizer_hash", optimizer_hashes), ("status", status)):
+            if values is not None:
+                values = list(values)
+                clauses.append(f"{column} IN ({', '.join('?' for _ in values)})" if values else "0")
+                params += values
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(f"SELECT * FROM runs {where} ORDER BY task_name, optimizer_name, seed", params)
+        return [RunRecord._from_row(row) for row in rows]
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]

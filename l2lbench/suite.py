@@ -1,0 +1,129 @@
+"""Suites: named sets of tasks x optimisers x seeds, defined as TOML data under tasks/suites.
+
+    description = "..."
+    seeds = 5
+    optimizers = ["sgd", "momentum", "adam", {entry = "adam", lr = 0.001}]
+
+    [defaults]              # fields every task gets unless it sets them itself
+    steps = 1000
+
+    [[tasks]]
+    dataset = {kind = "rotated-mnist", angle = 45}
+    learner = {kind = "mlp", hidden = [32]}
+
+Built-in suites are the ``*.toml`` files shipped in ``l2lbench.tasks.suites``; ``--suite``
+also accepts a path to a TOML file of your own.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError, UsageError
+from .optim.spec import OptimizerSpec
+from .task import TaskSpec
+
+SUITE_KEYS = {"description", "seeds", "optimizers", "defaults", "tasks"}
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    tasks: tuple[TaskSpec, ...]
+    optimizers: tuple[OptimizerSpec, ...]
+    seeds: int
+    source: str
+
+    def select_tasks(self, patterns: list[str] | None) -> tuple[TaskSpec, ...]:
+        """Tasks whose name or dataset name matches a pattern (exact, prefix or glob)."""
+        if not patterns:
+            return self.tasks
+        chosen = []
+        for pattern in patterns:
+            hits = [
+                t for t in self.tasks
+                if fnmatch.fnmatchcase(t.name, pattern) or t.dataset.name == pattern or t.name.startswith(pattern + "-")
+            ]
+            if not hits:
+                raise UsageError(
+                    f"no task of suite {self.name!r} matches {pattern!r}; expected one of: "
+                    f"{', '.join(t.name for t in self.tasks)}"
+                )
+            chosen += [t for t in hits if t not in chosen]
+        return tuple(chosen)
+
+
+def builtin_suites() -> list[str]:
+    folder = resources.files("l2lbench.tasks.suites")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A built-in suite by name, or a suite file by path."""
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot read suite file {name_or_path!r}: {exc.strerror or exc}") from None
+        return parse_suite(text, name=path.stem, source=str(path))
+    if name_or_path not in builtin_suites():
+        raise UsageError(f"unknown suite {name_or_path!r}; expected one of: {', '.join(builtin_suites())} or a .toml file")
+    text = resources.files("l2lbench.tasks.suites").joinpath(f"{name_or_path}.toml").read_text(encoding="utf-8")
+    return parse_suite(text, name=name_or_path, source=f"built-in suite {name_or_path}")
+
+
+def parse_suite(text: str, *, name: str, source: str) -> Suite:
+    """Parse and validate suite TOML; every problem is one ``ConfigError`` line naming the source."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    try:
+        return _build(data, name, source)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _build(data: Mapping[str, Any], name: str, source: str) -> Suite:
+    unknown = sorted(set(data) - SUITE_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))}; expected some of: {', '.join(sorted(SUITE_KEYS))}")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"invalid description {description!r} (expected a string)")
+    seeds = data.get("seeds", 5)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds <= 0:
+        raise ConfigError(f"invalid seeds: {seeds!r} (expected a positive integer)")
+    optimizers = data.get("optimizers")
+    if not isinstance(optimizers, list) or not optimizers:
+        raise ConfigError(f"invalid optimizers: {optimizers!r} (expected a non-empty list of names or tables)")
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, Mapping):
+        raise ConfigError(f"invalid defaults: {defaults!r} (expected a table)")
+    tasks = data.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        raise ConfigError(f"invalid tasks: {tasks!r} (expected one or more [[tasks]] tables)")
+    specs = []
+    for i, task in enumerate(tasks):
+        if not isinstance(task, Mapping):
+            raise ConfigError(f"invalid task #{i + 1}: {task!r} (expected a table)")
+        try:
+            spec = TaskSpec.from_config({**defaults, **task})
+        except ConfigError as exc:
+            raise ConfigError(f"task #{i + 1}: {exc}") from None
+        if spec in specs:
+            raise ConfigError(f"task #{i + 1} ({spec.name}) is listed twice")
+        specs.append(spec)
+    opt_specs = tuple(OptimizerSpec.from_config(o) for o in optimizers)
+    names = [o.name for o in opt_specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"optimizer(s) {', '.join(map(repr, duplicates))} listed twice")
+    return Suite(name, description, tuple(specs), opt_specs, seeds, source)

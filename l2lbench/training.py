@@ -1,0 +1,230 @@
+"""Meta-test one optimiser on one task for S seeds: the inner loop of every benchmark run.
+
+Seeds are paired: seed index k of a task derives the same learner initialisation, the
+same minibatch order and the same optimiser generator for every optimiser (see
+:func:`run_seeds`). With a batchable optimiser the S seeds run as one computation,
+``torch.func.vmap`` over the per-seed step; otherwise (or with ``vectorize=False``) they
+run one after another through the very same step function.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.func import grad_and_value, vmap
+
+from .hashing import derive_seed
+from .learner import FunctionalLearner
+from .optim.base import Params, StepContext, capability
+from .optim.tree import tree_map
+from .task import TaskSpec
+
+EVAL_CHUNK = 1000  # test examples per forward pass: bounds memory for S seeds x CNN
+
+
+@dataclass
+class SeedOutcome:
+    """The curves of one seed (what the store keeps, minus the keys)."""
+
+    seed: int
+    train_loss: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    test_accuracy: list[float] = field(default_factory=list)
+    diverged_step: int | None = None
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A task's data on the device: uint8 train images, float normalised test images."""
+
+    train_images: Tensor  # (N, C, H, W) uint8
+    train_labels: Tensor  # (N,) int64
+    test_inputs: Tensor  # (M, C, H, W) float32, normalised
+    test_labels: Tensor
+    mean: float
+    std: float
+
+    @classmethod
+    def from_splits(cls, splits: Any, task: TaskSpec, device: torch.device) -> "PreparedData":
+        test_images, test_labels = splits.test_images, splits.test_labels
+        if task.eval_examples is not None:
+            test_images, test_labels = test_images[: task.eval_examples], test_labels[: task.eval_examples]
+        return cls(
+            train_images=splits.train_images.to(device),
+            train_labels=splits.train_labels.to(device),
+            test_inputs=normalise(test_images.to(device), splits.mean, splits.std),
+            test_labels=test_labels.to(device),
+            mean=splits.mean,
+            std=splits.std,
+        )
+
+
+def normalise(images: Tensor, mean: float, std: float) -> Tensor:
+    """uint8 pixels -> float ``(x / 255 - mean) / std`` (torchvision ToTensor + Normalize)."""
+    return (images.float() / 255 - mean) / std
+
+
+def batch_schedule(num_examples: int, steps: int, batch_size: int, seed: int) -> Tensor:
+    """Minibatch indices for every step, ``(steps, batch_size)``: shuffled epochs.
+
+    Each epoch is a fresh permutation from a generator seeded with ``seed``; the last
+    incomplete batch of an epoch is dropped (as ``DataLoader(drop_last=True)``), so every
+    example is seen at most once per epoch.
+    """
+    if batch_size > num_examples:
+        raise ValueError(f"batch size {batch_size} exceeds the {num_examples} training examples")
+    generator = torch.Generator().manual_seed(seed)
+    per_epoch = num_examples // batch_size
+    epochs = math.ceil(steps / per_epoch)
+    batches = [
+        torch.randperm(num_examples, generator=generator)[: per_epoch * batch_size].view(per_epoch, batch_size)
+        for _ in range(epochs)
+    ]
+    return torch.cat(batches)[:steps]
+
+
+def run_seeds(
+    task: TaskSpec,
+    optimizer: Any,
+    learner: FunctionalLearner,
+    data: PreparedData,
+    seeds: list[int],
+    *,
+    device: torch.device,
+    vectorize: bool = True,
+) -> list[SeedOutcome]:
+    """Train the task's learner with ``optimizer`` from each seed; return the curves.
+
+    Args:
+        task: the task spec (steps, batch size, evaluation cadence, hash for seeds).
+        optimizer: a built plug-in with ``init``/``update``.
+        learner: the task's learner in functional form.
+        data: the task's data on ``device``.
+        seeds: seed indices; seed k gives the same init and batches for every optimiser.
+        vectorize: batch the seeds with ``vmap`` when the optimiser allows it.
+    """
+    if vectorize and capability(optimizer, "batchable") and len(seeds) > 1:
+        return _train(task, optimizer, learner, data, seeds, device=device, vectorized=True)
+    outcomes = []
+    for seed in seeds:
+        outcomes += _train(task, optimizer, learner, data, [seed], device=device, vectorized=False)
+    return outcomes
+
+
+def _stack(trees: list[Any]) -> Any:
+    return tree_map(lambda *leaves: torch.stack(leaves), *trees)
+
+
+def _train(
+    task: TaskSpec,
+    optimizer: Any,
+    learner: FunctionalLearner,
+    data: PreparedData,
+    seeds: list[int],
+    *,
+    device: torch.device,
+    vectorized: bool,
+) -> list[SeedOutcome]:
+    inits = [
+        learner.init(torch.Generator().manual_seed(derive_seed(task.hash, s, "init")), device) for s in seeds
+    ]
+    generators = [torch.Generator(device=device).manual_seed(derive_seed(task.hash, s, "optimizer")) for s in seeds]
+    schedule = torch.stack(
+        [batch_schedule(len(data.train_labels), task.steps, task.batch_size, derive_seed(task.hash, s, "data")) for s in seeds],
+        dim=1,
+    ).to(device)  # (steps, S, B)
+
+    def per_seed_step(params: Params, state: Any, inputs: Tensor, labels: Tensor, step: int, generator):
+        grads, loss = grad_and_value(learner.loss)(params, inputs, labels)
+        context = StepContext(step=step, inputs=inputs, loss=loss, generator=generator)
+        new_params, new_state = optimizer.update(grads, state, params, context)
+        return new_params, new_state, loss
+
+    def per_seed_eval(params: Params) -> tuple[Tensor, Tensor]:
+        total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+        for start in range(0, len(data.test_labels), EVAL_CHUNK):
+            stop = start + EVAL_CHUNK
+            loss, hits = learner.loss_and_correct(params, data.test_inputs[start:stop], data.test_labels[start:stop])
+            total_loss, correct = total_loss + loss, correct + hits
+        n = len(data.test_labels)
+        return total_loss / n, correct.float() / n
+
+    if vectorized:
+        params = _stack(inits)
+        state = _stack([optimizer.init(p, generator=g) for p, g in zip(inits, generators)])
+        # randomness="error": a plug-in that draws random numbers must say batchable=False.
+        step_fn: Callable = vmap(
+            lambda p, s, x, y, t: per_seed_step(p, s, x, y, t, None), in_dims=(0, 0, 0, 0, None), randomness="error"
+        )
+        eval_fn: Callable = vmap(per_seed_eval)
+        batch = lambda t: schedule[t]  # noqa: E731  (S, B)
+    else:
+        params = inits[0]
+        state = optimizer.init(params, generator=generators[0])
+        step_fn = lambda p, s, x, y, t: per_seed_step(p, s, x, y, t, generators[0])  # noqa: E731
+        eval_fn = per_seed_eval
+        batch = lambda t: schedule[t, 0]  # noqa: E731  (B,)
+
+    S = len(seeds)
+    train_loss = torch.full((task.steps, S), math.nan, device=device)
+    eval_steps = task.eval_steps()
+    test_loss = torch.full((len(eval_steps), S), math.nan, device=device)
+    test_acc = torch.full((len(eval_steps), S), math.nan, device=device)
+    evals_done, steps_done = 0, task.steps
+
+    # Meta-test needs no graph through the optimiser: no_grad keeps memory flat over
+    # thousands of steps (torch.func.grad still differentiates the learner inside).
+    with torch.no_grad():
+        for t in range(task.steps + 1):
+            if t == eval_steps[evals_done]:
+                loss_t, acc_t = eval_fn(params)
+                test_loss[evals_done], test_acc[evals_done] = loss_t.reshape(S), acc_t.reshape(S)
+                evals_done += 1
+                # One device sync per evaluation, not per step: once every seed has
+                # diverged there is nothing left to learn.
+                alive = torch.isfinite(train_loss[:t]).all(dim=0) & torch.isfinite(test_loss[:evals_done]).all(dim=0)
+                if not bool(alive.any()):
+                    steps_done = t
+                    break
+            if t == task.steps:
+                break
+            indices = batch(t)
+            inputs = normalise(data.train_images[indices], data.mean, data.std)
+            params, state, loss = step_fn(params, state, inputs, data.train_labels[indices], t)
+            train_loss[t] = loss.reshape(S)
+
+    train_loss, test_loss, test_acc = train_loss[:steps_done].cpu(), test_loss[:evals_done].cpu(), test_acc[:evals_done].cpu()
+    return [
+        _outcome(seed, train_loss[:, i].tolist(), eval_steps[:evals_done], test_loss[:, i].tolist(), test_acc[:, i].tolist())
+        for i, seed in enumerate(seeds)
+    ]
+
+
+def _outcome(seed: int, train: list[float], steps: list[int], test: list[float], acc: list[float]) -> SeedOutcome:
+    """Cut one seed's curves at its divergence.
+
+    Train loss at step t and an evaluation at step t both measure the parameters after t
+    updates, so a seed diverges at the first step where either is non-finite, and keeps
+    only what was measured before that step.
+    """
+    first_train = next((t for t, v in enumerate(train) if not math.isfinite(v)), None)
+    first_test = next((s for s, v in zip(steps, test) if not math.isfinite(v)), None)
+    candidates = [t for t in (first_train, first_test) if t is not None]
+    diverged = min(candidates) if candidates else None
+    if diverged is None:
+        return SeedOutcome(seed, train, steps, test, acc)
+    kept = [j for j, s in enumerate(steps) if s < diverged]
+    return SeedOutcome(
+        seed,
+        train[:diverged],
+        [steps[j] for j in kept],
+        [test[j] for j in kept],
+        [acc[j] for j in kept],
+        diverged_step=diverged,
+    )

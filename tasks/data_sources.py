@@ -1,0 +1,496 @@
+"""Dataset files on disk: checksums, verification, extraction, download and import.
+
+The benchmark trains on the original distributed files of MNIST, Fashion-MNIST, KMNIST
+and CIFAR-10, laid out as torchvision lays them out under a *data dir*::
+
+    DATA/MNIST/raw/train-images-idx3-ubyte.gz          (and the other three .gz files)
+    DATA/FashionMNIST/raw/*.gz
+    DATA/KMNIST/raw/*.gz
+    DATA/cifar-10-python.tar.gz                        (and/or its extracted folder)
+    DATA/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}
+
+Every file is checked against the md5 that torchvision publishes for it before it is
+parsed, because torchvision itself does not re-check MNIST files it has already extracted
+and a truncated download would otherwise train silently on part of a dataset. The
+checksums live in :data:`CHECKSUMS`, filled lazily from torchvision's class attributes so
+that tests can substitute the checksums of the tiny files they write while exercising the
+same code path as production.
+
+Nothing here writes a file in place: every write goes to a temporary file in the target
+folder first and is moved over the final name with :func:`os.replace`, so a crash leaves
+either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import pickle
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path
+from typing import IO, Callable, Iterable
+from urllib.error import URLError
+
+import torch
+
+from l2lbench.errors import DataCorruptError, DataMissingError, UsageError
+
+#: source name (torchvision class name) -> path relative to the data dir -> md5 hex digest.
+#: Filled on first use from torchvision (:func:`checksums`); tests patch entries in.
+CHECKSUMS: dict[str, dict[str, str]] = {}
+
+#: The four gzipped IDX files of every MNIST-style dataset, in DATA/<Name>/raw/.
+IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TRAIN = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
+CIFAR10_TEST = ("test_batch",)
+CIFAR10_META = "batches.meta"
+
+_HINT = "or set --data-dir / L2LBENCH_DATA"
+_CHUNK = 1 << 20
+
+RawSplits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _torchvision_checksums(source: str) -> dict[str, str]:
+    """The published md5s of ``source``'s files, read from torchvision's class attributes."""
+    import torchvision.datasets as tvd
+
+    if source in ("MNIST", "FashionMNIST", "KMNIST"):
+        cls = getattr(tvd, source)
+        return {f"{source}/raw/{name}": md5 for name, md5 in cls.resources}
+    if source == "CIFAR10":
+        cls = tvd.CIFAR10
+        table = {CIFAR10_ARCHIVE: cls.tgz_md5}
+        for name, md5 in [*cls.train_list, *cls.test_list]:
+            table[f"{cls.base_folder}/{name}"] = md5
+        table[f"{cls.base_folder}/{cls.meta['filename']}"] = cls.meta["md5"]
+        return table
+    raise KeyError(f"no checksums known for dataset source {source!r}")
+
+
+def checksums(source: str) -> dict[str, str]:
+    """md5 table of one source (``"MNIST"``, ``"CIFAR10"``, ...): path relative to the data dir -> md5."""
+    if source not in CHECKSUMS:
+        CHECKSUMS[source] = _torchvision_checksums(source)
+    return CHECKSUMS[source]
+
+
+def md5_of(path: Path) -> str:
+    """Hex md5 of a file, read in 1 MiB chunks."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _corrupt(path: Path, expected: str, actual: str) -> DataCorruptError:
+    return DataCorruptError(
+        f"dataset file {path} fails its checksum: md5 {actual}, expected {expected} "
+        "(truncated or wrong file?); delete it and download or import it again"
+    )
+
+
+def verify_file(path: Path, expected: str) -> None:
+    """Raise :class:`DataCorruptError` naming ``path`` unless its md5 is ``expected``."""
+    actual = md5_of(path)
+    if actual != expected:
+        raise _corrupt(path, expected, actual)
+
+
+def _write_atomically(dest: Path, fill: Callable[[IO[bytes]], None]) -> None:
+    """Write ``dest`` through a temporary sibling file and :func:`os.replace`."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fill(handle)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _copy_hashing(reader: IO[bytes], writer: IO[bytes]) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    for chunk in iter(lambda: reader.read(_CHUNK), b""):
+        digest.update(chunk)
+        writer.write(chunk)
+    return digest.hexdigest()
+
+
+def _gzip_size(path: Path) -> int:
+    """Uncompressed size recorded in a gzip trailer (ISIZE, modulo 2**32)."""
+    with open(path, "rb") as handle:
+        handle.seek(-4, os.SEEK_END)
+        return int.from_bytes(handle.read(4), "little")
+
+
+def _missing_error(dataset: str, where: Path, download: bool, provide: str) -> DataMissingError:
+    why = "could not be downloaded (no network?)" if download else "downloading is off"
+    return DataMissingError(
+        f"dataset {dataset!r} is not in {where} and {why}: run 'l2lbench data import DIR' "
+        f"with {provide} from a machine with internet, {_HINT}"
+    )
+
+
+def _unwritable_error(dataset: str, where: Path, exc: OSError) -> DataMissingError:
+    return DataMissingError(
+        f"dataset {dataset!r}: cannot extract its files in {where} ({exc.strerror or exc}): "
+        f"run 'l2lbench data import DIR' into a writable data dir, {_HINT}"
+    )
+
+
+_DOWNLOAD_ERRORS = (URLError, RuntimeError, OSError)
+
+
+@dataclasses.dataclass(frozen=True)
+class IDXSource:
+    """MNIST, Fashion-MNIST or KMNIST: four gzipped IDX files under ``DATA/<name>/raw``.
+
+    Args:
+        name: torchvision class and folder name (``"MNIST"``, ``"FashionMNIST"``, ``"KMNIST"``).
+        dataset: the benchmark's name for it, for messages (``"mnist"``).
+    """
+
+    name: str
+    dataset: str
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(f"{self.name}/raw/{f}" for f in IDX_FILES)
+
+    @property
+    def provide(self) -> str:
+        return f"DIR/{self.name}/raw/*.gz"
+
+    def ensure(self, data_dir: Path, *, download: bool, dataset: str) -> None:
+        """Make verified archives and their extracted files ready for torchvision.
+
+        Archives already present are verified first (a bad one raises at once rather
+        than being "repaired" by a download that the network may not allow); missing
+        ones are downloaded by torchvision when ``download`` is set; every extracted file
+        is re-extracted from its verified archive unless its size matches the archive's.
+        """
+        table = checksums(self.name)
+        raw = data_dir / self.name / "raw"
+        missing = [f for f in self.files if not (data_dir / f).is_file()]
+        for rel in self.files:
+            if rel not in missing:
+                verify_file(data_dir / rel, table[rel])
+        if missing:
+            if not download:
+                raise _missing_error(dataset, raw, False, self.provide)
+            import torchvision.datasets as tvd
+
+            try:
+                getattr(tvd, self.name)(root=str(data_dir), train=True, download=True)
+            except _DOWNLOAD_ERRORS as exc:
+                raise _missing_error(dataset, raw, True, self.provide) from exc
+            if any(not (data_dir / f).is_file() for f in missing):
+                raise _missing_error(dataset, raw, True, self.provide)
+            for rel in missing:
+                verify_file(data_dir / rel, table[rel])
+        for rel in self.files:
+            try:
+                _ensure_gunzipped(data_dir / rel)
+            except OSError as exc:  # read-only folder, disk full, ...
+                raise _unwritable_error(dataset, raw, exc) from exc
+
+    def read(self, data_dir: Path) -> RawSplits:
+        """Parse the extracted files with torchvision: (N,28,28) uint8 images, (N,) int64 labels."""
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, self.name)
+        raw = data_dir / self.name / "raw"
+        try:
+            train = cls(root=str(data_dir), train=True, download=False)
+            test = cls(root=str(data_dir), train=False, download=False)
+        except (AssertionError, RuntimeError, ValueError, TypeError, OSError) as exc:
+            raise DataCorruptError(
+                f"dataset files in {raw} cannot be parsed as IDX ({type(exc).__name__}); "
+                "delete them and download or import them again"
+            ) from exc
+        return train.data, train.targets, test.data, test.targets
+
+    def importable(self, source_dir: Path) -> list[str]:
+        """The files to import from ``source_dir``: all four, or none if none is there."""
+        present = [f for f in self.files if (source_dir / f).is_file()]
+        if present and len(present) != len(self.files):
+            lacking = [Path(f).name for f in self.files if f not in present]
+            raise DataMissingError(
+                f"{source_dir / self.name / 'raw'} lacks {', '.join(lacking)}: "
+                f"import needs all four files of {self.dataset!r} ({', '.join(IDX_FILES)})"
+            )
+        return present
+
+
+def _ensure_gunzipped(archive: Path) -> None:
+    """Extract ``x.gz`` to ``x`` (as torchvision reads it) unless ``x`` has the right size."""
+    target = archive.with_suffix("")
+    expected = _gzip_size(archive)
+    if target.is_file() and target.stat().st_size == expected:
+        return
+
+    def fill(handle: IO[bytes]) -> None:
+        try:
+            with gzip.open(archive, "rb") as src:
+                for chunk in iter(lambda: src.read(_CHUNK), b""):
+                    handle.write(chunk)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise DataCorruptError(
+                f"dataset file {archive} cannot be decompressed ({exc}); "
+                "delete it and download or import it again"
+            ) from exc
+
+    _write_atomically(target, fill)
+
+
+@dataclasses.dataclass(frozen=True)
+class CIFAR10Source:
+    """CIFAR-10 (python version): the archive and/or its extracted batch folder in the data dir."""
+
+    name: str = "CIFAR10"
+    dataset: str = "cifar10"
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        names = (*CIFAR10_TRAIN, *CIFAR10_TEST, CIFAR10_META)
+        return tuple(f"{CIFAR10_FOLDER}/{n}" for n in names)
+
+    @property
+    def provide(self) -> str:
+        return f"DIR/{CIFAR10_ARCHIVE}"
+
+    def ensure(self, data_dir: Path, *, download: bool, dataset: str) -> None:
+        """Make a verified ``cifar-10-batches-py`` folder ready for torchvision.
+
+        A verified archive in the data dir is the source of truth: batch files that are
+        missing or fail their checksum are (re-)extracted from it. Without an archive a
+        bad batch file raises, and missing ones are downloaded when ``download`` is set.
+        """
+        table = checksums(self.name)
+        archive = data_dir / CIFAR10_ARCHIVE
+        has_archive = archive.is_file()
+        if has_archive:
+            verify_file(archive, table[CIFAR10_ARCHIVE])
+        redo = []
+        for rel in self.members:
+            path = data_dir / rel
+            if not path.is_file():
+                redo.append(rel)
+                continue
+            actual = md5_of(path)
+            if actual != table[rel]:
+                if not has_archive:
+                    raise _corrupt(path, table[rel], actual)
+                redo.append(rel)
+        if not redo:
+            return
+        if has_archive:
+            try:
+                _extract_members(archive, data_dir, redo, table)
+            except OSError as exc:
+                raise _unwritable_error(dataset, data_dir, exc) from exc
+            return
+        where = data_dir / CIFAR10_FOLDER
+        if not download:
+            raise _missing_error(dataset, where, False, self.provide)
+        try:
+            _torchvision_cifar10(table)(root=str(data_dir), train=True, download=True)
+        except _DOWNLOAD_ERRORS as exc:
+            raise _missing_error(dataset, where, True, self.provide) from exc
+        for rel in self.members:
+            if not (data_dir / rel).is_file():
+                raise _missing_error(dataset, where, True, self.provide)
+            verify_file(data_dir / rel, table[rel])
+
+    def read(self, data_dir: Path) -> RawSplits:
+        """Parse the batches with torchvision: (N,3,32,32) uint8 images, (N,) int64 labels."""
+        cls = _torchvision_cifar10(checksums(self.name))
+        try:
+            train = cls(root=str(data_dir), train=True, download=False)
+            test = cls(root=str(data_dir), train=False, download=False)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+            raise DataCorruptError(
+                f"dataset files in {data_dir / CIFAR10_FOLDER} cannot be parsed as CIFAR-10 batches "
+                f"({type(exc).__name__}); delete them and download or import them again"
+            ) from exc
+
+        def images(data: object) -> torch.Tensor:
+            return torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+
+        def labels(targets: Iterable[int]) -> torch.Tensor:
+            return torch.as_tensor(list(targets), dtype=torch.int64)
+
+        return images(train.data), labels(train.targets), images(test.data), labels(test.targets)
+
+    def importable(self, source_dir: Path) -> list[str]:
+        """The archive if present, plus the extracted folder if it is there and complete."""
+        found = [CIFAR10_ARCHIVE] if (source_dir / CIFAR10_ARCHIVE).is_file() else []
+        present = [m for m in self.members if (source_dir / m).is_file()]
+        if present and len(present) != len(self.members):
+            lacking = [Path(m).name for m in self.members if m not in present]
+            raise DataMissingError(
+                f"{source_dir / CIFAR10_FOLDER} lacks {', '.join(lacking)}: import needs the "
+                f"complete folder or {CIFAR10_ARCHIVE}"
+            )
+        return found + present
+
+
+def _torchvision_cifar10(table: dict[str, str]) -> type:
+    """torchvision's CIFAR10 reading its md5s from ``table`` (equal to its own in production).
+
+    torchvision re-checks every batch against its class attributes on each load; routing
+    those through :data:`CHECKSUMS` keeps one source of truth for the expected md5s.
+    """
+    from torchvision.datasets import CIFAR10
+
+    def md5(name: str) -> str:
+        return table[f"{CIFAR10_FOLDER}/{name}"]
+
+    return type(
+        "CIFAR10",
+        (CIFAR10,),
+        {
+            "tgz_md5": table[CIFAR10_ARCHIVE],
+            "train_list": [[n, md5(n)] for n in CIFAR10_TRAIN],
+            "test_list": [[n, md5(n)] for n in CIFAR10_TEST],
+            "meta": {**CIFAR10.meta, "md5": md5(CIFAR10_META)},
+        },
+    )
+
+
+def _extract_members(archive: Path, data_dir: Path, members: list[str], table: dict[str, str]) -> None:
+    """Extract the named regular files of a verified tar archive, verifying each one.
+
+    Only the expected member names are read (never ``extractall``), so an archive cannot
+    write outside the data dir.
+    """
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for rel in members:
+                try:
+                    info = tar.getmember(rel)
+                except KeyError:
+                    raise DataCorruptError(f"dataset archive {archive} has no member {rel}") from None
+                src = tar.extractfile(info) if info.isfile() else None
+                if src is None:
+                    raise DataCorruptError(f"dataset archive {archive}: member {rel} is not a file")
+                dest = data_dir / rel
+
+                def fill(handle: IO[bytes], src: IO[bytes] = src, dest: Path = dest, rel: str = rel) -> None:
+                    actual = _copy_hashing(src, handle)
+                    if actual != table[rel]:
+                        raise _corrupt(dest, table[rel], actual)
+
+                _write_atomically(dest, fill)
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise DataCorruptError(f"dataset archive {archive} cannot be read ({exc})") from exc
+
+
+SOURCES: dict[str, IDXSource | CIFAR10Source] = {
+    "MNIST": IDXSource("MNIST", "mnist"),
+    "FashionMNIST": IDXSource("FashionMNIST", "fashion-mnist"),
+    "KMNIST": IDXSource("KMNIST", "kmnist"),
+    "CIFAR10": CIFAR10Source(),
+}
+
+_USED_BY = {
+    "MNIST": "mnist, rotated-mnist, permuted-mnist",
+    "FashionMNIST": "fashion-mnist",
+    "KMNIST": "kmnist",
+    "CIFAR10": "cifar10-grey",
+}
+
+
+def import_archives(source_dir: Path, data_dir: Path) -> list[str]:
+    """Copy verified dataset files from a torchvision-style folder into the data dir.
+
+    For machines without internet: fetch the files elsewhere (or let torchvision download
+    them there), carry the folder over, and run ``l2lbench data import DIR``. Every file is
+    hashed while it is copied to a temporary file beside its destination; only when every
+    file of every dataset found has passed is anything moved into place, so a bad file
+    leaves the data dir as it was. ``source_dir`` is only read.
+
+    Args:
+        source_dir: laid out as a torchvision root: ``MNIST/raw/*.gz``,
+            ``FashionMNIST/raw/*.gz``, ``KMNIST/raw/*.gz``, ``cifar-10-python.tar.gz``
+            and/or ``cifar-10-batches-py/``.
+        data_dir: the benchmark's data dir; created if needed.
+
+    Returns:
+        One line per dataset imported, for people.
+
+    Raises:
+        DataCorruptError: a file's md5 is not the published one (names file, expected, actual).
+        DataMissingError: nothing importable in ``source_dir``, or a dataset only partly there.
+        UsageError: ``data_dir`` would write into ``source_dir``.
+    """
+    source_dir, data_dir = Path(source_dir).expanduser(), Path(data_dir).expanduser()
+    if not source_dir.is_dir():
+        raise DataMissingError(f"import folder {source_dir} does not exist or is not a folder")
+    plan = [(key, files) for key, src in SOURCES.items() if (files := src.importable(source_dir))]
+    if not plan:
+        raise DataMissingError(
+            f"no dataset files found in {source_dir}: expected a torchvision layout such as "
+            f"{source_dir}/MNIST/raw/{IDX_FILES[0]} (also FashionMNIST/raw/*.gz, KMNIST/raw/*.gz, "
+            f"{CIFAR10_ARCHIVE} or {CIFAR10_FOLDER}/)"
+        )
+    source_root = source_dir.resolve()
+    for _, files in plan:
+        for rel in files:
+            if (data_dir / rel).resolve().is_relative_to(source_root):
+                raise UsageError(
+                    f"data dir {data_dir} would write into the import folder {source_dir}: "
+                    "pick a data dir outside it"
+                )
+
+    staged: list[tuple[str, Path]] = []
+    try:
+        for key, files in plan:
+            table = checksums(key)
+            for rel in files:
+                staged.append((rel, _stage_copy(source_dir / rel, data_dir / rel, table[rel])))
+        for rel, tmp in staged:
+            os.replace(tmp, data_dir / rel)
+        staged.clear()
+    finally:
+        for _, tmp in staged:
+            tmp.unlink(missing_ok=True)
+
+    lines = []
+    for key, files in plan:
+        size = sum((data_dir / rel).stat().st_size for rel in files)
+        folders = sorted({str(data_dir / Path(rel).parent) for rel in files})
+        lines.append(
+            f"{SOURCES[key].dataset} (for {_USED_BY[key]}): {len(files)} file(s), "
+            f"{size / 1e6:.1f} MB, md5 verified, copied to {', '.join(folders)}"
+        )
+    return lines
+
+
+def _stage_copy(src: Path, dest: Path, expected: str) -> Path:
+    """Copy ``src`` to a temporary file beside ``dest`` while hashing it; return the temp path."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as writer, open(src, "rb") as reader:
+            actual = _copy_hashing(reader, writer)
+        if actual != expected:
+            raise _corrupt(src, expected, actual)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
