@@ -214,6 +214,13 @@ class IDXSource:
 
         cls = getattr(tvd, self.name)
         raw = data_dir / self.name / "raw"
+        legacy = data_dir / self.name / "processed"
+        if (legacy / "training.pt").is_file() and (legacy / "test.pt").is_file():
+            # torchvision < 0.9 caches; torchvision would read these instead of the verified raw files
+            raise DataCorruptError(
+                f"dataset {self.dataset!r}: {legacy} holds torchvision's old training.pt/test.pt, "
+                "which would be read instead of the verified archives; delete that folder"
+            )
         try:
             train = cls(root=str(data_dir), train=True, download=False)
             test = cls(root=str(data_dir), train=False, download=False)

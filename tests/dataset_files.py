@@ -86,15 +86,54 @@ def make_cifar_arrays(per_batch: int = 3, n_test: int = 4, seed: int = 0) -> dic
     }
 
 
+def py2_pickle(obj: object) -> bytes:
+    """A protocol-2 pickle whose byte strings are Python 2 ``str`` opcodes.
+
+    The CIFAR-10 batches were pickled by Python 2, so their keys load as ``b"data"`` with
+    ``encoding="bytes"`` and as ``"data"`` with ``encoding="latin1"`` (torchvision's
+    choice); Python 3's own pickler cannot write such strings, hence this small encoder.
+    Byte strings, dicts and lists are encoded here; anything else (ints, numpy arrays)
+    by the standard pickler with memoisation off, so that the pieces can be concatenated.
+    """
+    out = bytearray(b"\x80\x02")
+    _py2_body(obj, out)
+    return bytes(out + b".")
+
+
+def _py2_body(obj: object, out: bytearray) -> None:
+    if isinstance(obj, bytes):
+        if len(obj) < 256:
+            out += b"U" + bytes([len(obj)]) + obj  # SHORT_BINSTRING
+        else:
+            out += b"T" + struct.pack("<I", len(obj)) + obj  # BINSTRING
+    elif isinstance(obj, dict):
+        out += b"}("  # EMPTY_DICT, MARK
+        for key, value in obj.items():
+            _py2_body(key, out)
+            _py2_body(value, out)
+        out += b"u"  # SETITEMS
+    elif isinstance(obj, list):
+        out += b"]("  # EMPTY_LIST, MARK
+        for value in obj:
+            _py2_body(value, out)
+        out += b"e"  # APPENDS
+    else:
+        buf = io.BytesIO()
+        pickler = pickle.Pickler(buf, protocol=2)
+        pickler.fast = True  # no memo (PUT/GET), so the opcodes stand alone
+        pickler.dump(obj)
+        out += buf.getvalue()[2:-1]  # drop PROTO 2 and STOP
+
+
 def _batch(images: np.ndarray, labels: np.ndarray, name: str) -> bytes:
     # rows of 3072 bytes: the 1024 red values (row-major), then green, then blue
     entry = {
         b"batch_label": name.encode(),
         b"labels": [int(v) for v in labels],
-        b"data": images.reshape(len(images), 3 * 32 * 32),
+        b"data": np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), 3 * 32 * 32),
         b"filenames": [f"{name}_{i}.png".encode() for i in range(len(images))],
     }
-    return pickle.dumps(entry, protocol=2)
+    return py2_pickle(entry)
 
 
 def write_cifar10(
@@ -114,8 +153,8 @@ def write_cifar10(
         members[name] = _batch(arrays["train_images"][part], arrays["train_labels"][part], name)
     members["test_batch"] = _batch(arrays["test_images"], arrays["test_labels"], "test_batch")
     labels = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    members["batches.meta"] = pickle.dumps(
-        {b"label_names": labels, b"num_cases_per_batch": per_batch, b"num_vis": 3072}, protocol=2
+    members["batches.meta"] = py2_pickle(
+        {b"num_cases_per_batch": per_batch, b"label_names": labels, b"num_vis": 3072}
     )
 
     md5s = {f"cifar-10-batches-py/{n}": hashlib.md5(b).hexdigest() for n, b in members.items()}

@@ -183,7 +183,7 @@ class OptimizerRegistry:
         if isinstance(spec, str):
             spec = OptimizerSpec(spec)
         entry = self.get(spec.entry)
-        hparams = resolve_hparams(entry.factory, dict(spec.hparams), spec.name)
+        hparams = resolve_hparams(entry.factory, dict(spec.hparams), spec.entry)
         return ResolvedOptimizer(spec, entry, hparams)
 
 
