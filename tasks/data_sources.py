@@ -80,7 +80,7 @@ def _torchvision_checksums(source: str) -> dict[str, str]:
 
 
 def checksums(source: str) -> dict[str, str]:
-    """md5 table of one source (``"MNIST"``, ``"CIFAR10"``, ...): path relative to the data dir -> md5."""
+    """md5 table of one source (``"MNIST"``, ``"CIFAR10"``, ...): path in the data dir -> md5."""
     if source not in CHECKSUMS:
         CHECKSUMS[source] = _torchvision_checksums(source)
     return CHECKSUMS[source]
@@ -153,6 +153,10 @@ def _unwritable_error(dataset: str, where: Path, exc: OSError) -> DataMissingErr
 
 
 _DOWNLOAD_ERRORS = (URLError, RuntimeError, OSError)
+_PARSE_ERRORS = (
+    AssertionError, RuntimeError, ValueError, TypeError, KeyError, EOFError, OSError,
+    pickle.UnpicklingError,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +220,7 @@ class IDXSource:
         raw = data_dir / self.name / "raw"
         legacy = data_dir / self.name / "processed"
         if (legacy / "training.pt").is_file() and (legacy / "test.pt").is_file():
-            # torchvision < 0.9 caches; torchvision would read these instead of the verified raw files
+            # caches of torchvision < 0.9, which it would read instead of the verified raw files
             raise DataCorruptError(
                 f"dataset {self.dataset!r}: {legacy} holds torchvision's old training.pt/test.pt, "
                 "which would be read instead of the verified archives; delete that folder"
@@ -224,7 +228,7 @@ class IDXSource:
         try:
             train = cls(root=str(data_dir), train=True, download=False)
             test = cls(root=str(data_dir), train=False, download=False)
-        except (AssertionError, RuntimeError, ValueError, TypeError, OSError) as exc:
+        except _PARSE_ERRORS as exc:
             raise DataCorruptError(
                 f"dataset files in {raw} cannot be parsed as IDX ({type(exc).__name__}); "
                 "delete them and download or import them again"
@@ -329,10 +333,10 @@ class CIFAR10Source:
         try:
             train = cls(root=str(data_dir), train=True, download=False)
             test = cls(root=str(data_dir), train=False, download=False)
-        except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        except _PARSE_ERRORS as exc:
             raise DataCorruptError(
-                f"dataset files in {data_dir / CIFAR10_FOLDER} cannot be parsed as CIFAR-10 batches "
-                f"({type(exc).__name__}); delete them and download or import them again"
+                f"dataset files in {data_dir / CIFAR10_FOLDER} cannot be parsed as CIFAR-10 "
+                f"batches ({type(exc).__name__}); delete them and download or import them again"
             ) from exc
 
         def images(data: object) -> torch.Tensor:
@@ -379,7 +383,9 @@ def _torchvision_cifar10(table: dict[str, str]) -> type:
     )
 
 
-def _extract_members(archive: Path, data_dir: Path, members: list[str], table: dict[str, str]) -> None:
+def _extract_members(
+    archive: Path, data_dir: Path, members: list[str], table: dict[str, str]
+) -> None:
     """Extract the named regular files of a verified tar archive, verifying each one.
 
     Only the expected member names are read (never ``extractall``), so an archive cannot
@@ -391,13 +397,15 @@ def _extract_members(archive: Path, data_dir: Path, members: list[str], table: d
                 try:
                     info = tar.getmember(rel)
                 except KeyError:
-                    raise DataCorruptError(f"dataset archive {archive} has no member {rel}") from None
+                    raise DataCorruptError(
+                        f"dataset archive {archive} has no member {rel}"
+                    ) from None
                 src = tar.extractfile(info) if info.isfile() else None
                 if src is None:
                     raise DataCorruptError(f"dataset archive {archive}: member {rel} is not a file")
                 dest = data_dir / rel
 
-                def fill(handle: IO[bytes], src: IO[bytes] = src, dest: Path = dest, rel: str = rel) -> None:
+                def fill(handle: IO[bytes], src: IO[bytes] = src, dest: Path = dest) -> None:
                     actual = _copy_hashing(src, handle)
                     if actual != table[rel]:
                         raise _corrupt(dest, table[rel], actual)

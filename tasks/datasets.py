@@ -114,7 +114,10 @@ class Splits:
                 f"vs {tuple(self.test_images.shape[1:])}"
             )
         if not (math.isfinite(self.std) and self.std > 0 and math.isfinite(self.mean)):
-            raise ValueError(f"invalid normalisation: expected finite mean and std > 0, got {self.mean}, {self.std}")
+            raise ValueError(
+                "invalid normalisation: expected finite mean and std > 0, "
+                f"got {self.mean}, {self.std}"
+            )
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> float32 ``(x / 255 - mean) / std``."""
@@ -124,7 +127,9 @@ class Splits:
 # --------------------------------------------------------------------------- validation
 
 
-def _number(kind: str, field: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> float:
+def _number(
+    kind: str, field: str, value: Any, lo: float, hi: float, *, lo_open: bool = False
+) -> float:
     """``value`` as a float in [lo, hi] (or (lo, hi]); a one-line ConfigError otherwise."""
     ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (lo < value if lo_open else lo <= value) and value <= hi
@@ -138,7 +143,9 @@ def _number(kind: str, field: str, value: Any, lo: float, hi: float, *, lo_open:
 
 def _integer(kind: str, field: str, value: Any, lo: int, hi: int) -> int:
     if not (isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi):
-        raise ConfigError(f"invalid {kind} {field}: expected an integer in [{lo}, {hi}], got {value!r}")
+        raise ConfigError(
+            f"invalid {kind} {field}: expected an integer in [{lo}, {hi}], got {value!r}"
+        )
     return int(value)
 
 
@@ -316,7 +323,9 @@ def _checked_splits(
     )
 
 
-def greyscale_crop(images: torch.Tensor, weights: tuple[float, float, float], crop: int) -> torch.Tensor:
+def greyscale_crop(
+    images: torch.Tensor, weights: tuple[float, float, float], crop: int
+) -> torch.Tensor:
     """RGB uint8 (N,3,H,W) -> grey uint8 (N,1,crop,crop): ``wr*R + wg*G + wb*B``, top-left crop.
 
     Rounded half up (with a 1e-9 allowance so that decimal ties such as 153.5, which
@@ -330,7 +339,9 @@ def greyscale_crop(images: torch.Tensor, weights: tuple[float, float, float], cr
         154
     """
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected (N, 3, H, W) uint8 images, got {tuple(images.shape)} {images.dtype}")
+        raise ValueError(
+            f"expected (N, 3, H, W) uint8 images, got {tuple(images.shape)} {images.dtype}"
+        )
     cropped = images[:, :, :crop, :crop]
     w = torch.tensor(weights, dtype=torch.float64).view(1, 3, 1, 1)
     out = torch.empty((images.shape[0], 1, *cropped.shape[2:]), dtype=torch.uint8)
@@ -570,7 +581,9 @@ class SyntheticSpec(DatasetSpec):
             coarse, size=(self.size, self.size), mode="bilinear", align_corners=False
         )
 
-    def _sample(self, prototypes: torch.Tensor, n: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(
+        self, prototypes: torch.Tensor, n: int, split: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(derive_seed("synthetic", self.seed, split))
         labels = torch.randint(self.num_classes, (n,), generator=g)
         offset = torch.randint(1, self.num_classes, (n,), generator=g)

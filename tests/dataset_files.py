@@ -152,7 +152,8 @@ def write_cifar10(
         part = slice(i * per_batch, (i + 1) * per_batch)
         members[name] = _batch(arrays["train_images"][part], arrays["train_labels"][part], name)
     members["test_batch"] = _batch(arrays["test_images"], arrays["test_labels"], "test_batch")
-    labels = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    labels = [b"airplane", b"automobile", b"bird", b"cat", b"deer"]
+    labels += [b"dog", b"frog", b"horse", b"ship", b"truck"]
     members["batches.meta"] = py2_pickle(
         {b"num_cases_per_batch": per_batch, b"label_names": labels, b"num_vis": 3072}
     )

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import platformdirs
 import pytest
 import torch
 import torchvision
@@ -107,7 +108,9 @@ def test_idx_reader_returns_exact_pixels_and_labels(tmp_path, monkeypatch, cls):
     arrays = write_idx(monkeypatch, tmp_path, IDX_KINDS[cls])
     splits = cls().load(tmp_path, download=False)
 
-    assert splits.train_images.shape == (6, 1, 28, 28) and splits.test_images.shape == (4, 1, 28, 28)
+    assert isinstance(splits, Splits)
+    assert splits.train_images.shape == (6, 1, 28, 28)
+    assert splits.test_images.shape == (4, 1, 28, 28)
     assert splits.train_images.dtype == torch.uint8 and splits.train_labels.dtype == torch.int64
     assert np.array_equal(splits.train_images[:, 0].numpy(), arrays["train_images"])
     assert np.array_equal(splits.test_images[:, 0].numpy(), arrays["test_images"])
@@ -176,7 +179,8 @@ def test_cifar10_grey_reader_matches_formula(tmp_path, monkeypatch):
         r, g, b = (rgb[:, c, :28, :28].astype(np.float64) for c in range(3))
         return np.floor(0.30 * r + 0.11 * g + 0.59 * b + 0.5 + 1e-9).astype(np.uint8)[:, None]
 
-    assert splits.train_images.shape == (15, 1, 28, 28) and splits.test_images.shape == (4, 1, 28, 28)
+    assert splits.train_images.shape == (15, 1, 28, 28)
+    assert splits.test_images.shape == (4, 1, 28, 28)
     assert splits.train_images.dtype == torch.uint8 and splits.test_labels.dtype == torch.int64
     assert splits.train_images[0, 0, 0, 0] == 154
     assert np.array_equal(splits.train_images.numpy(), expected(arrays["train_images"]))
@@ -213,7 +217,8 @@ def test_cifar10_corrupt_batch_without_archive_raises_naming_it(tmp_path, monkey
     with pytest.raises(DataCorruptError) as exc:
         CIFAR10GreySpec().load(tmp_path, download=False)
     message = one_line(exc)
-    assert str(batch) in message and CHECKSUMS["CIFAR10"]["cifar-10-batches-py/test_batch"] in message
+    assert str(batch) in message
+    assert CHECKSUMS["CIFAR10"]["cifar-10-batches-py/test_batch"] in message
     assert files.md5(batch) in message
 
 
@@ -239,7 +244,8 @@ def test_rotation_by_0_is_identity_and_45_keeps_dtype(tmp_path, monkeypatch):
     assert same.train_labels is mnist.train_labels  # reuses the cached MNIST load
 
     rotated = RotatedMNISTSpec(angle=45).load(tmp_path, download=False)
-    assert rotated.train_images.dtype == torch.uint8 and rotated.train_images.shape == (6, 1, 28, 28)
+    assert rotated.train_images.dtype == torch.uint8
+    assert rotated.train_images.shape == (6, 1, 28, 28)
     assert not torch.equal(rotated.train_images, mnist.train_images)
     assert torch.equal(rotated.test_labels, mnist.test_labels)
     assert (rotated.mean, rotated.std) == (0.1307, 0.3081)
@@ -369,7 +375,8 @@ VARIANTS = [
 
 
 def test_names_are_derived_and_short_for_defaults():
-    assert [MNISTSpec().name, FashionMNISTSpec().name, KMNISTSpec().name] == ["mnist", "fashion-mnist", "kmnist"]
+    names = [MNISTSpec().name, FashionMNISTSpec().name, KMNISTSpec().name]
+    assert names == ["mnist", "fashion-mnist", "kmnist"]
     assert CIFAR10GreySpec().name == "cifar10grey"
     assert RotatedMNISTSpec(angle=45).name == "rotmnist45"
     assert RotatedMNISTSpec(angle=22.5).name == "rotmnist22.5"
@@ -389,11 +396,13 @@ def test_configs_round_trip_and_hashes_are_stable():
     assert spec_config(MNISTSpec()) == {"kind": "mnist", "mean": 0.1307, "std": 0.3081}
     assert spec_hash(MNISTSpec()) == content_hash({"kind": "mnist", "mean": 0.1307, "std": 0.3081})
     # ints and floats, lists and tuples: one spec, one hash
-    assert spec_hash(RotatedMNISTSpec(angle=45)) == spec_hash(dataset_from_config({"kind": "rotated-mnist", "angle": 45.0}))
+    built = dataset_from_config({"kind": "rotated-mnist", "angle": 45.0})
+    assert spec_hash(RotatedMNISTSpec(angle=45)) == spec_hash(built)
     built = dataset_from_config({"kind": "cifar10-grey", "weights": [0.3, 0.11, 0.59]})
     assert built == CIFAR10GreySpec() and spec_hash(built) == spec_hash(CIFAR10GreySpec())
     assert set(DATASETS) == {
-        "mnist", "fashion-mnist", "kmnist", "cifar10-grey", "rotated-mnist", "permuted-mnist", "synthetic"
+        "mnist", "fashion-mnist", "kmnist", "cifar10-grey",
+        "rotated-mnist", "permuted-mnist", "synthetic",
     }
     assert all(cls.kind == kind for kind, cls in DATASETS.items())
 
@@ -432,7 +441,9 @@ def test_bad_configs_raise_one_line_config_errors(config, needle):
 
 
 @pytest.mark.parametrize("download", [False, True], ids=["offline", "download-fails"])
-@pytest.mark.parametrize("spec", [MNISTSpec(), FashionMNISTSpec(), RotatedMNISTSpec(angle=15)], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "spec", [MNISTSpec(), FashionMNISTSpec(), RotatedMNISTSpec(angle=15)], ids=lambda s: s.name
+)
 def test_missing_dataset_is_one_line_naming_dataset_folder_and_import(tmp_path, spec, download):
     with pytest.raises(DataMissingError) as exc:
         spec.load(tmp_path, download=download)
@@ -484,7 +495,9 @@ def test_unpublished_files_fail_with_the_real_checksums(tmp_path):
     assert datasets.checksums("FashionMNIST") == {
         f"FashionMNIST/raw/{name}": md5 for name, md5 in torchvision.datasets.FashionMNIST.resources
     }
-    assert datasets.checksums("CIFAR10")["cifar-10-python.tar.gz"] == torchvision.datasets.CIFAR10.tgz_md5
+    cifar = datasets.checksums("CIFAR10")
+    assert cifar["cifar-10-python.tar.gz"] == torchvision.datasets.CIFAR10.tgz_md5
+    assert cifar["cifar-10-batches-py/batches.meta"] == torchvision.datasets.CIFAR10.meta["md5"]
 
 
 def test_truncated_extracted_file_is_extracted_again(tmp_path, monkeypatch):
@@ -560,7 +573,8 @@ def test_import_rejects_a_bad_checksum_and_copies_nothing(tmp_path, source_dir):
         import_archives(source_dir, data)
 
     message = one_line(exc)
-    assert str(bad) in message and CHECKSUMS["KMNIST"]["KMNIST/raw/t10k-images-idx3-ubyte.gz"] in message
+    assert str(bad) in message
+    assert CHECKSUMS["KMNIST"]["KMNIST/raw/t10k-images-idx3-ubyte.gz"] in message
     assert files.md5(bad) in message
     assert files.listing(source_dir) == before
     assert not [p for p in data.rglob("*") if p.is_file()]  # no half import, no temp files
@@ -600,7 +614,7 @@ def test_default_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("L2LBENCH_DATA", str(tmp_path / "d"))
     assert default_data_dir() == tmp_path / "d"
     monkeypatch.delenv("L2LBENCH_DATA")
-    assert default_data_dir().parts[-2:] == ("l2lbench", "data") or default_data_dir().name == "data"
+    assert default_data_dir() == Path(platformdirs.user_cache_dir("l2lbench")) / "data"
 
 
 def test_import_has_no_side_effects():
@@ -623,7 +637,10 @@ def _mnist_source() -> Path:
     return Path(os.environ.get("L2LBENCH_MNIST_SOURCE", repo.parent / "shared" / "datasets"))
 
 
-@pytest.mark.skipif(not (_mnist_source() / "MNIST" / "raw").is_dir(), reason="no offline MNIST copy")
+@pytest.mark.skipif(
+    not (_mnist_source() / "MNIST" / "raw").is_dir(),
+    reason="no offline MNIST copy (set L2LBENCH_MNIST_SOURCE)",
+)
 def test_real_mnist_imports_and_loads(tmp_path):
     source = _mnist_source()
     before = files.listing(source)
@@ -632,7 +649,8 @@ def test_real_mnist_imports_and_loads(tmp_path):
     assert any(line.startswith("mnist") for line in lines)
 
     splits = MNISTSpec().load(tmp_path, download=False)
-    assert splits.train_images.shape == (60000, 1, 28, 28) and splits.test_images.shape == (10000, 1, 28, 28)
+    assert splits.train_images.shape == (60000, 1, 28, 28)
+    assert splits.test_images.shape == (10000, 1, 28, 28)
     assert splits.train_images.dtype == torch.uint8 and splits.train_labels.dtype == torch.int64
     assert sorted(set(splits.test_labels.tolist())) == list(range(10))
     assert abs(splits.train_images.float().mean().item() / 255 - 0.1307) < 1e-3

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+TINY_SUITE = """
+description = "tiny test suite"
+seeds = 2
+optimizers = ["sgd", "adam"]
+
+[defaults]
+steps = 12
+batch_size = 16
+eval_every = 5
+
+[[tasks]]
+dataset = {{ kind = "synthetic", n_train = 128, n_test = 64 }}
+learner = {{ kind = "mlp", hidden = [8] }}
+{extra}
+"""
+
+
+@pytest.fixture
+def tiny_suite(tmp_path):
+    """Write a tiny suite file; returns a function (extra TOML) -> path."""
+
+    def write(extra: str = "", name: str = "tiny") -> str:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(TINY_SUITE.format(extra=textwrap.dedent(extra)))
+        return str(path)
+
+    return write
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_dir(tmp_path, monkeypatch):
+    # Never touch the user's cache folder from tests.
+    monkeypatch.setenv("L2LBENCH_DATA", str(tmp_path / "data"))
