@@ -121,3 +121,13 @@ def test_installed_console_script_works():
     assert "smoke" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "l2lbench", "run", "--suite", "nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+
+
+def test_missing_dataset_fails_fast_with_one_line(tmp_path, capsys):
+    suite = tmp_path / "fashion.toml"
+    suite.write_text('optimizers = ["sgd"]\n[[tasks]]\ndataset = {kind = "fashion-mnist"}\n')
+    code, out, err = _cli(capsys, "run", "--suite", str(suite), "--results", str(tmp_path / "r"),
+                          "--data-dir", str(tmp_path / "data"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "fashion-mnist" in err and str(tmp_path / "data") in err and "l2lbench data import" in err
+    assert not (tmp_path / "r").exists()  # nothing computed, nothing created
