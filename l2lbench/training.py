@@ -10,7 +10,6 @@ run one after another through the very same step function.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,6 +22,7 @@ from .learner import FunctionalLearner
 from .optim.base import Params, StepContext, capability
 from .optim.tree import tree_map
 from .task import TaskSpec
+from .tasks.datasets import normalise
 
 EVAL_CHUNK = 1000  # test examples per forward pass: bounds memory for S seeds x CNN
 
@@ -63,11 +63,6 @@ class PreparedData:
             mean=splits.mean,
             std=splits.std,
         )
-
-
-def normalise(images: Tensor, mean: float, std: float) -> Tensor:
-    """uint8 pixels -> float ``(x / 255 - mean) / std`` (torchvision ToTensor + Normalize)."""
-    return (images.float() / 255 - mean) / std
 
 
 def batch_schedule(num_examples: int, steps: int, batch_size: int, seed: int) -> Tensor:

@@ -121,7 +121,16 @@ class Splits:
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> float32 ``(x / 255 - mean) / std``."""
-        return (images.to(torch.float32) / 255.0 - self.mean) / self.std
+        return normalise(images, self.mean, self.std)
+
+
+def normalise(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 pixels -> float32 ``(x / 255 - mean) / std`` (torchvision ToTensor + Normalize).
+
+    The one place this formula lives: the runner applies it to every minibatch on the
+    device, so the uint8 data never needs a float copy of the whole training set.
+    """
+    return (images.to(torch.float32) / 255.0 - mean) / std
 
 
 # --------------------------------------------------------------------------- validation

@@ -33,7 +33,6 @@ def _run(task, registry, data_dir, name, seeds=(0, 1), vectorize=True, **hparams
 
 
 def test_seeds_are_paired_across_optimizers(setup):
-    import importlib.util
     import sys
 
     task, registry, data_dir = setup
