@@ -43,23 +43,35 @@ def _problem():
 def test_matches_torch_optim(entry, hparams, torch_class, torch_kwargs):
     registry = OptimizerRegistry.default(entry_points=False)
     optimizer = registry.resolve(entry).entry.factory(**hparams)
+
+    def check(t, params, model):
+        for n, p in model.named_parameters():
+            diff = (params[n] - p.detach()).abs().max().item()
+            assert diff <= 1e-6, f"{entry} {hparams} step {t}: {n} differs by {diff:.3g}"
+
+    _lockstep(optimizer, lambda ps: torch_class(ps, **torch_kwargs), steps=100, after_step=check)
+
+
+def _lockstep(optimizer, make_reference, steps, after_step=None):
+    """Step the functional optimiser and a torch.optim reference side by side.
+
+    Both sides get the same gradients (torch's, at torch's parameters), so any difference
+    is the update rule's own rounding; ``after_step(t, params, model)`` compares them.
+    """
     model, x, y = _problem()
-    names = [n for n, _ in model.named_parameters()]
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     state = optimizer.init(params)
-    reference = torch_class(model.parameters(), **torch_kwargs)
-    for t in range(len(x)):
+    reference = make_reference(model.parameters())
+    for t in range(steps):
         reference.zero_grad()
         F.cross_entropy(model(x[t]), y[t]).backward()
         grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
         reference.step()
         params, state = optimizer.update(grads, state, params, StepContext(step=t))
-        # Compare after every step and re-sync to torch's parameters, so that the
-        # gradients of both sides stay identical and the tolerance is per-step rounding.
-        for n, p in model.named_parameters():
-            diff = (params[n] - p.detach()).abs().max().item()
-            assert diff <= 1e-6, f"{entry} {hparams} step {t}: {n} differs by {diff:.3g}"
-        assert names == list(params)
+        assert list(params) == [n for n, _ in model.named_parameters()]
+        if after_step is not None:
+            after_step(t, params, model)
+    return params, model
 
 
 def test_whole_run_drift_stays_below_1e6():
@@ -82,17 +94,7 @@ def test_whole_run_drift_stays_below_1e6():
 
 def test_torch_bridge_is_torch_itself():
     factory = from_torch(torch.optim.Adagrad, lr=0.05)
-    optimizer = factory()
-    model, x, y = _problem()
-    params = {n: p.detach().clone() for n, p in model.named_parameters()}
-    state = optimizer.init(params)
-    reference = torch.optim.Adagrad(model.parameters(), lr=0.05)
-    for t in range(10):
-        reference.zero_grad()
-        F.cross_entropy(model(x[t]), y[t]).backward()
-        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
-        reference.step()
-        params, state = optimizer.update(grads, state, params, StepContext(step=t))
+    params, model = _lockstep(factory(), lambda ps: torch.optim.Adagrad(ps, lr=0.05), steps=10)
     for n, p in model.named_parameters():
         assert torch.equal(params[n], p.detach())
 
