@@ -20,7 +20,7 @@ from torch.func import grad_and_value, vmap
 from .hashing import derive_seed
 from .learner import FunctionalLearner
 from .optim.base import Params, StepContext, capability
-from .optim.tree import tree_map
+from .optim.tree import tree_stack
 from .task import TaskSpec
 from .tasks.datasets import normalise
 
@@ -112,10 +112,6 @@ def run_seeds(
     return outcomes
 
 
-def _stack(trees: list[Any]) -> Any:
-    return tree_map(lambda *leaves: torch.stack(leaves), *trees)
-
-
 def _train(
     task: TaskSpec,
     optimizer: Any,
@@ -151,8 +147,8 @@ def _train(
         return total_loss / n, correct.float() / n
 
     if vectorized:
-        params = _stack(inits)
-        state = _stack([optimizer.init(p, generator=g) for p, g in zip(inits, generators)])
+        params = tree_stack(inits)
+        state = tree_stack([optimizer.init(p, generator=g) for p, g in zip(inits, generators)])
         # randomness="error": a plug-in that draws random numbers must say batchable=False.
         step_fn: Callable = vmap(
             lambda p, s, x, y, t: per_seed_step(p, s, x, y, t, None), in_dims=(0, 0, 0, 0, None), randomness="error"

@@ -78,3 +78,8 @@ def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
 def tensor_leaves(tree: Any) -> dict[str, torch.Tensor]:
     """The tensor leaves of ``tree`` by name (non-tensor leaves are skipped)."""
     return {k: v for k, v in flatten_named(tree).items() if isinstance(v, torch.Tensor)}
+
+
+def tree_stack(trees: list[Any]) -> Any:
+    """Stack same-structured trees leafwise along a new leading axis (one entry per seed)."""
+    return tree_map(lambda *leaves: torch.stack(leaves), *trees)

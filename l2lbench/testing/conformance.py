@@ -27,7 +27,7 @@ from torch.func import vmap
 
 from ..optim.adapter import FunctionalAdapter
 from ..optim.base import StepContext, capability, interface_problems
-from ..optim.tree import flatten_named, tensor_leaves, tree_map
+from ..optim.tree import flatten_named, tensor_leaves, tree_stack
 
 Factory = Callable[..., Any]
 
@@ -159,8 +159,8 @@ def check_vmap_matches_loop(optimizer: Any) -> None:
     problem = Quadratic.make()
     inits = [problem.init(seed) for seed in (1, 2, 3)]
     singles = [_run(optimizer, problem, p, 5)[0] for p in inits]
-    params = tree_map(lambda *xs: torch.stack(xs), *inits)
-    state = tree_map(lambda *xs: torch.stack(xs), *[optimizer.init(p, generator=torch.Generator().manual_seed(0)) for p in inits])
+    params = tree_stack(inits)
+    state = tree_stack([optimizer.init(p, generator=torch.Generator().manual_seed(0)) for p in inits])
     step = vmap(lambda p, s, t: optimizer.update(problem.grads(p), s, p, _context(t, p, problem.loss(p))),
                 in_dims=(0, 0, None), randomness="error")
     for t in range(5):
