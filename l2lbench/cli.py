@@ -43,6 +43,13 @@ def _positive(value: str) -> int:
     return number
 
 
+def _assignment(value: str) -> tuple[str, str]:
+    name, sep, path = value.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"invalid checkpoint {value!r} (expected NAME=PATH, e.g. lstm=ckpt.pt)")
+    return name.strip(), path.strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="l2lbench", description="Benchmark learned and hand-designed optimisers.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -65,7 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     run.add_argument("--no-batch", action="store_true", help="run seeds one by one instead of batched with vmap")
     run.add_argument("--verbose", "-v", action="store_true", help="print one line per finished job")
+    run.add_argument("--checkpoint", action="append", default=[], type=_assignment, metavar="NAME=PATH",
+                     help="meta-test learned optimiser NAME with the meta-parameters in PATH (repeatable)")
     add_common(run, results=True, data=True)
+
+    from .learned import command as meta_train_command
+
+    meta_train = commands.add_parser("meta-train", help="meta-train a learned optimiser into a checkpoint")
+    meta_train_command.add_arguments(meta_train)
+    add_common(meta_train, results=True, data=True)
 
     lister = commands.add_parser("list", help="list optimizers, tasks or suites")
     lister.add_argument("what", choices=["optimizers", "tasks", "suites"])
@@ -98,7 +113,8 @@ def _registry(plugins: list[str]):
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .runner import plan, resolve_device, run_jobs, suite_runs
+    from .learned.cache import use_checkpoint_file
+    from .runner import plan, resolve_device, run_jobs, suite_runs, with_meta_training
     from .store import ResultsStore
     from .suite import load_suite
 
@@ -113,13 +129,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             e.name for e in registry.entries() if e.source.startswith("plug-in") and e.name not in builtin
         ]
     tasks, optimizers = suite_runs(suite, registry, task_patterns=args.tasks, optimizer_names=names)
+    by_name = {o.name: i for i, o in enumerate(optimizers)}
+    for name, path in args.checkpoint:
+        if name not in by_name:
+            raise UsageError(f"--checkpoint {name}={path}: no optimizer {name!r} in this run; expected one of: {', '.join(by_name)}")
+        optimizers[by_name[name]] = use_checkpoint_file(optimizers[by_name[name]], path)
     seeds = args.seeds or suite.seeds
     data_dir = _data_dir(args.data_dir)
-    # Fail fast, before any compute, on data that is missing or corrupt.
-    for dataset in {t.dataset for t in tasks}:
+    # Fail fast, before any compute, on data that is missing or corrupt (meta-training too).
+    datasets = {t.dataset for t in tasks}
+    datasets |= {t.dataset for o in optimizers if o.meta_training is not None for t in o.meta_training.tasks}
+    for dataset in datasets:
         dataset.load(data_dir)
     store = ResultsStore(args.results)
     jobs, skipped = plan(tasks, optimizers, seeds, store)
+    jobs = with_meta_training(jobs, results_dir=Path(args.results), data_dir=data_dir, device=device, log=print)
     total = sum(len(j.seeds) for j in jobs)
     print(
         f"suite {suite.name}: {len(tasks)} tasks x {len(optimizers)} optimizers x {seeds} seeds; "
@@ -181,7 +205,13 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "data": cmd_data}
+def cmd_meta_train(args: argparse.Namespace) -> int:
+    from .learned import command
+
+    return command.run(args, registry=_registry(args.plugin), data_dir=_data_dir(args.data_dir))
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "meta-train": cmd_meta_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,3 +36,7 @@ class PluginError(UsageError):
 
 class RunError(L2LBenchError):
     """A failure while running (one or more runs failed, the store is unusable, ...)."""
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that cannot be loaded safely or does not match the optimiser asked for."""

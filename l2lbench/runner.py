@@ -9,6 +9,7 @@ recorded as failed runs (with its message) and the suite goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -18,9 +19,11 @@ from typing import Callable, Iterable
 import torch
 
 from .errors import L2LBenchError, UsageError
+from .learned.cache import build_for_meta_test, ensure_meta_trained
 from .learner import FunctionalLearner
 from .optim.base import capability
 from .optim.registry import OptimizerRegistry, ResolvedOptimizer
+from .optim.spec import OptimizerSpec
 from .provenance import provenance
 from .store import ResultsStore, RunRecord
 from .suite import Suite
@@ -79,6 +82,30 @@ def plan(
     return jobs, skipped
 
 
+def with_meta_training(
+    jobs: list[RunJob],
+    *,
+    results_dir: Path,
+    data_dir: Path,
+    device: torch.device,
+    progress: bool | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> list[RunJob]:
+    """Meta-train (or fetch from the cache) every learned optimiser the jobs need, once,
+    before any meta-test; the jobs come back pointing at the checkpoints."""
+    ready: dict[str, ResolvedOptimizer] = {}
+    out = []
+    for job in jobs:
+        key = job.optimizer.hash
+        if key not in ready:
+            learned = _is_learned(job.optimizer)
+            ready[key] = ensure_meta_trained(
+                job.optimizer, results_dir=results_dir, data_dir=data_dir, device=device, progress=progress, log=log
+            ) if learned else job.optimizer
+        out.append(dataclasses.replace(job, optimizer=ready[key]))
+    return out
+
+
 def execute_job(job: RunJob, *, data_dir: Path, device: torch.device, vectorize: bool = True) -> list[RunRecord]:
     """Run one job; never raises for a plug-in's fault (that becomes failed records)."""
     info = provenance(device)
@@ -86,7 +113,9 @@ def execute_job(job: RunJob, *, data_dir: Path, device: torch.device, vectorize:
         splits = job.task.dataset.load(data_dir)
         data = PreparedData.from_splits(splits, job.task, device)
         learner = FunctionalLearner(job.task.learner.build(job.task.dataset.input_shape, job.task.dataset.num_classes))
-        optimizer = job.optimizer.build()
+        optimizer, meta_training = build_for_meta_test(job.optimizer, device)
+        if meta_training is not None:
+            info["meta_training"] = meta_training
     except L2LBenchError as exc:
         return [_failed(job, seed, str(exc), info) for seed in job.seeds]
     except Exception as exc:
@@ -155,10 +184,23 @@ def suite_runs(
     tasks = suite.select_tasks(task_patterns)
     if optimizer_names:
         by_name = {o.name: o for o in suite.optimizers}
-        specs = [by_name.get(n, n) for n in optimizer_names]
+        specs = [by_name.get(n, OptimizerSpec(n)) for n in optimizer_names]
     else:
         specs = list(suite.optimizers)
-    return tasks, [registry.resolve(s) for s in specs]
+    resolved = []
+    for spec in specs:
+        optimizer = registry.resolve(spec)
+        if _is_learned(optimizer):
+            optimizer = dataclasses.replace(optimizer, meta_training=suite.meta_training_for(spec))
+        resolved.append(optimizer)
+    return tasks, resolved
+
+
+def _is_learned(optimizer: ResolvedOptimizer) -> bool:
+    try:
+        return optimizer.learned
+    except Exception:  # a plug-in that fails to construct is recorded as failed runs later
+        return False
 
 
 def _describe(exc: BaseException) -> str:

@@ -11,6 +11,10 @@
     dataset = {kind = "rotated-mnist", angle = 45}
     learner = {kind = "mlp", hidden = [32]}
 
+    [meta_training]         # how learned optimisers are meta-trained (see MetaTrainingSpec)
+    tasks = ["rotated-mnist"]
+    trials = 20
+
 Built-in suites are the ``*.toml`` files shipped in ``l2lbench.tasks.suites``; ``--suite``
 also accepts a path to a TOML file of your own.
 """
@@ -19,16 +23,17 @@ from __future__ import annotations
 
 import fnmatch
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError, UsageError
+from .learned.spec import MetaTrainingSpec
 from .optim.spec import OptimizerSpec
 from .task import TaskSpec
 
-SUITE_KEYS = {"description", "seeds", "optimizers", "defaults", "tasks"}
+SUITE_KEYS = {"description", "seeds", "optimizers", "defaults", "tasks", "meta_training"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,12 @@ class Suite:
     optimizers: tuple[OptimizerSpec, ...]
     seeds: int
     source: str
+    meta_training: Mapping[str, Any] | None = field(default=None, hash=False)
+
+    def meta_training_for(self, optimizer: OptimizerSpec) -> MetaTrainingSpec | None:
+        """The meta-training of a learned optimiser: the suite's table with its overrides."""
+        config = {**(self.meta_training or {}), **(optimizer.meta_training or {})}
+        return MetaTrainingSpec.from_config(config) if config else None
 
     def select_tasks(self, patterns: list[str] | None) -> tuple[TaskSpec, ...]:
         """Tasks whose name or dataset name matches a pattern (exact, prefix or glob)."""
@@ -126,4 +137,17 @@ def _build(data: Mapping[str, Any], name: str, source: str) -> Suite:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"optimizer(s) {', '.join(map(repr, duplicates))} listed twice")
-    return Suite(name, description, tuple(specs), opt_specs, seeds, source)
+    meta_training = data.get("meta_training")
+    if meta_training is not None and not isinstance(meta_training, Mapping):
+        raise ConfigError(f"invalid meta_training: {meta_training!r} (expected a table)")
+    suite = Suite(name, description, tuple(specs), opt_specs, seeds, source, meta_training)
+    # Validate every meta-training config now, not after hours of meta-testing.
+    if meta_training is not None:
+        MetaTrainingSpec.from_config(meta_training)
+    for spec in opt_specs:
+        if spec.meta_training is not None:
+            try:
+                suite.meta_training_for(spec)
+            except ConfigError as exc:
+                raise ConfigError(f"optimizer {spec.name!r}: {exc}") from None
+    return suite

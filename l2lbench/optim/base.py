@@ -91,8 +91,5 @@ def capability(optimizer: Any, flag: str) -> bool:
 
 def interface_problems(optimizer: Any) -> list[str]:
     """What is missing for ``optimizer`` to satisfy the interface (empty when it does)."""
-    problems = []
-    for method in ("init", "update"):
-        if not callable(getattr(optimizer, method, None)):
-            problems.append(f"has no callable {method}()")
-    return problems
+    methods = ("init", "update") + (("init_meta", "with_meta") if capability(optimizer, "learned") else ())
+    return [f"has no callable {m}()" for m in methods if not callable(getattr(optimizer, m, None))]

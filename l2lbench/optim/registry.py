@@ -25,19 +25,22 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import ConfigError, PluginError, UsageError
-from .base import interface_problems
+from .base import capability, interface_problems
 from .spec import OptimizerSpec, config_hash, resolve_hparams
 
 ENTRY_POINT_GROUP = "l2lbench.optimizers"
 
-# name -> "module:attribute". The paper's baselines (sgd, momentum, adam at lr 0.01) and
-# two more hand-designed optimisers people compare against.
+# name -> "module:attribute". The paper's baselines (sgd, momentum, adam at lr 0.01),
+# two more hand-designed optimisers people compare against, and the learned entries.
 BUILTIN_OPTIMIZERS: dict[str, str] = {
     "sgd": "l2lbench.optimizers.sgd:sgd",
     "momentum": "l2lbench.optimizers.sgd:momentum",
     "adam": "l2lbench.optimizers.adam:adam",
     "adamw": "l2lbench.optimizers.adam:adamw",
     "rmsprop": "l2lbench.optimizers.rmsprop:rmsprop",
+    # The learned reference entries (meta-trained by the harness before meta-testing).
+    "lstm": "l2lbench.optimizers.lstm:lstm",
+    "mtl2l": "l2lbench.optimizers.mtl2l:mtl2l",
 }
 
 
@@ -62,11 +65,20 @@ class OptimizerEntry:
 
 @dataclass(frozen=True)
 class ResolvedOptimizer:
-    """An optimiser config bound to its entry: full hyperparameters and store key."""
+    """An optimiser config bound to its entry: full hyperparameters and store key.
+
+    A learned optimiser is identified by its meta-parameters too: by the meta-training
+    that produces them (``meta_training``, a :class:`~l2lbench.learned.spec.MetaTrainingSpec`)
+    or, for a checkpoint given by the user, by the checkpoint file's digest.
+    ``checkpoint`` is the file the meta-parameters are loaded from at meta-test.
+    """
 
     spec: OptimizerSpec
     entry: OptimizerEntry
     hparams: dict[str, Any] = field(hash=False)
+    meta_training: Any = None
+    checkpoint: Path | None = None
+    checkpoint_digest: str | None = None
 
     @property
     def name(self) -> str:
@@ -74,10 +86,23 @@ class ResolvedOptimizer:
 
     @property
     def hash(self) -> str:
+        if self.meta_training is not None:
+            return config_hash(self.entry.name, self.hparams, meta_training=self.meta_training.hash)
+        if self.checkpoint_digest is not None:
+            return config_hash(self.entry.name, self.hparams, checkpoint=self.checkpoint_digest)
         return config_hash(self.entry.name, self.hparams)
 
+    @property
+    def learned(self) -> bool:
+        return capability(self.build(), "learned")
+
     def config(self) -> dict[str, Any]:
-        return {"entry": self.entry.name, "hparams": dict(self.hparams), "source": self.entry.source}
+        config = {"entry": self.entry.name, "hparams": dict(self.hparams), "source": self.entry.source}
+        if self.meta_training is not None:
+            config["meta_training"] = self.meta_training.config()
+        if self.checkpoint_digest is not None:
+            config["checkpoint"] = {"path": str(self.checkpoint), "digest": self.checkpoint_digest}
+        return config
 
     def build(self) -> Any:
         """Call the factory and check the interface; errors name the plug-in."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError
@@ -25,6 +25,8 @@ class OptimizerSpec:
 
     entry: str
     hparams: tuple[tuple[str, Any], ...] = ()
+    # Learned entries only: overrides of the suite's [meta_training] table.
+    meta_training: Mapping[str, Any] | None = field(default=None, hash=False)
 
     @property
     def name(self) -> str:
@@ -32,12 +34,18 @@ class OptimizerSpec:
 
     @classmethod
     def from_config(cls, config: Any) -> "OptimizerSpec":
-        """From a suite entry: ``"adam"`` or ``{entry = "adam", lr = 0.001}``."""
+        """From a suite entry: ``"adam"``, ``{entry = "adam", lr = 0.001}``, or for a
+        learned entry ``{entry = "mtl2l", meta_training = {trials = 30}}``."""
         if isinstance(config, str):
             return cls(config)
         if isinstance(config, Mapping) and isinstance(config.get("entry"), str):
-            hparams = tuple(sorted((str(k), v) for k, v in config.items() if k != "entry"))
-            return cls(config["entry"], hparams)
+            hparams = tuple(sorted((str(k), v) for k, v in config.items() if k not in ("entry", "meta_training")))
+            meta_training = config.get("meta_training")
+            if meta_training is not None and not isinstance(meta_training, Mapping):
+                raise ConfigError(
+                    f"invalid meta_training {meta_training!r} of optimizer {config['entry']!r} (expected a table)"
+                )
+            return cls(config["entry"], hparams, dict(meta_training) if meta_training is not None else None)
         raise ConfigError(
             f"invalid optimizer {config!r} (expected a name like \"adam\" or a table like "
             "{entry = \"adam\", lr = 0.001})"
@@ -68,6 +76,14 @@ def resolve_hparams(factory: Callable[..., Any], hparams: Mapping[str, Any], nam
     return resolved
 
 
-def config_hash(entry: str, resolved: Mapping[str, Any]) -> str:
-    """The key of an optimiser config in the results store."""
-    return content_hash({"entry": entry, "hparams": dict(resolved)})
+def config_hash(entry: str, resolved: Mapping[str, Any], **meta: str) -> str:
+    """The key of an optimiser config in the results store.
+
+    ``meta`` identifies a learned optimiser's meta-parameters (``meta_training=<spec
+    hash>`` or ``checkpoint=<file digest>``); hand-designed optimisers have none, so their
+    keys stay as they were.
+    """
+    key: dict[str, Any] = {"entry": entry, "hparams": dict(resolved)}
+    if meta:
+        key["meta"] = dict(meta)
+    return content_hash(key)

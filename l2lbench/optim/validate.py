@@ -21,9 +21,9 @@ def _as_float(value: Any) -> float | None:
 
 
 def check_range(
-    name: str, value: Any, low: float, high: float = math.inf, *, high_open: bool = False
+    name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False
 ) -> None:
-    """Raise ``ConfigError`` unless ``low <= value <= high`` (or ``< high`` if open).
+    """Raise ``ConfigError`` unless ``low <= value <= high`` (strict where open).
 
     Tensors are accepted (meta-learned hyperparameters) and checked by their value.
 
@@ -34,6 +34,7 @@ def check_range(
     l2lbench.errors.ConfigError: invalid lr: -1 (expected a number in [0, inf])
     """
     number = _as_float(value)
-    upper = ")" if high_open else "]"
-    if number is None or not (low <= number) or number > high or (high_open and number >= high):
-        raise ConfigError(f"invalid {name}: {value!r} (expected a number in [{low:g}, {high:g}{upper})")
+    lower, upper = ("(" if low_open else "["), (")" if high_open else "]")
+    below = number is None or not (low <= number) or (low_open and number <= low)
+    if below or number > high or (high_open and number >= high):
+        raise ConfigError(f"invalid {name}: {value!r} (expected a number in {lower}{low:g}, {high:g}{upper})")

@@ -13,7 +13,10 @@ Use it on your own plug-in from pytest::
 
 Each check raises ``AssertionError`` with what went wrong, or ``Skipped`` when the
 plug-in's capability flags make it not apply (e.g. the vmap check for a plug-in that
-declares ``batchable = False``).
+declares ``batchable = False``). A learned plug-in is checked bound to freshly initialised
+meta-parameters, and passes three more checks: gradients reach every meta-parameter and
+match finite differences, ``update`` leaves the meta-parameters alone, and a
+``state_dict`` round-trip of the meta-parameters reproduces the updates exactly.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch.func import vmap
 
 from ..optim.adapter import FunctionalAdapter
 from ..optim.base import StepContext, capability, interface_problems
+from ..optim.learned import bind_fresh
 from ..optim.tree import flatten_named, tensor_leaves, tree_stack
 
 Factory = Callable[..., Any]
@@ -125,7 +129,7 @@ def check_out_of_place(optimizer: Any) -> None:
     params = problem.init()
     _, state = _run(optimizer, problem, params, 1)
     grads = problem.grads(params)
-    before = [copy.deepcopy(tensor_leaves(x)) for x in (params, grads, state)]
+    before = [{k: v.detach().clone() for k, v in tensor_leaves(x).items()} for x in (params, grads, state)]
     optimizer.update(grads, state, params, _context(1, params, problem.loss(params)))
     for what, old, tree in zip(("params", "grads", "state"), before, (params, grads, state)):
         for k, v in tensor_leaves(tree).items():
@@ -169,21 +173,34 @@ def check_vmap_matches_loop(optimizer: Any) -> None:
         _assert_close({k: v[i] for k, v in params.items()}, single, f"seed {i} under vmap", atol=1e-5)
 
 
+def _in_float64(optimizer: Any) -> Any:
+    # Finite differences need float64 throughout, meta-parameters included.
+    if capability(optimizer, "learned"):
+        return optimizer.with_meta(copy.deepcopy(optimizer.meta).double())
+    return optimizer
+
+
+def _unrolled_loss(optimizer: Any, problem: Quadratic, theta: dict, steps: int = 3) -> torch.Tensor:
+    """The loss after ``steps`` updates, differentiable in theta (and meta-parameters)."""
+    state = optimizer.init(theta, generator=torch.Generator().manual_seed(0))
+    for t in range(steps):
+        loss = problem.loss(theta)
+        grads = dict(zip(theta, torch.autograd.grad(loss, list(theta.values()), create_graph=True)))
+        theta, state = optimizer.update(grads, state, theta, _context(t, theta, loss))
+    return problem.loss(theta)
+
+
 def check_differentiable(optimizer: Any) -> None:
     """Gradients flow through 3 updates to the initial params and match finite differences."""
     if not capability(optimizer, "differentiable"):
         raise Skipped("declares differentiable = False")
+    optimizer = _in_float64(optimizer)
     problem = Quadratic.make(dtype=torch.float64)
     theta0 = {k: v.double() for k, v in problem.init().items()}
     direction = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64) for k, v in theta0.items()}
 
     def unrolled(theta: dict) -> torch.Tensor:
-        state = optimizer.init(theta, generator=torch.Generator().manual_seed(0))
-        for t in range(3):
-            loss = problem.loss(theta)
-            grads = dict(zip(theta, torch.autograd.grad(loss, list(theta.values()), create_graph=True)))
-            theta, state = optimizer.update(grads, state, theta, _context(t, theta, loss))
-        return problem.loss(theta)
+        return _unrolled_loss(optimizer, problem, theta)
 
     leaves = {k: v.clone().requires_grad_(True) for k, v in theta0.items()}
     final = unrolled(leaves)
@@ -251,6 +268,65 @@ def check_state_dict_roundtrip(optimizer: Any) -> None:
     assert flatten_named(saved["functional_state"]).keys() == flatten_named(first.state_dict()["functional_state"]).keys()
 
 
+def _learned_only(optimizer: Any) -> None:
+    if not capability(optimizer, "learned"):
+        raise Skipped("not a learned optimiser")
+
+
+def check_meta_gradient(optimizer: Any) -> None:
+    """Every meta-parameter gets a finite gradient through a 3-step unroll, matching
+    finite differences along a random direction (float64)."""
+    _learned_only(optimizer)
+    optimizer = _in_float64(optimizer)
+    problem = Quadratic.make(dtype=torch.float64)
+    theta0 = {k: v.double().requires_grad_(True) for k, v in problem.init().items()}
+    meta = dict(optimizer.meta.named_parameters())
+    assert meta, "a learned optimiser must have meta-parameters (nn.Parameter in its module)"
+    grads = torch.autograd.grad(_unrolled_loss(optimizer, problem, dict(theta0)), list(meta.values()), allow_unused=True)
+    missing = [name for name, g in zip(meta, grads) if g is None]
+    assert not missing, f"no gradient reaches meta-parameter(s) {', '.join(missing)}"
+    bad = [name for name, g in zip(meta, grads) if not torch.isfinite(g).all()]
+    assert not bad, f"non-finite meta-gradient for {', '.join(bad)}"
+    generator = torch.Generator().manual_seed(5)
+    direction = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in meta.values()]
+    analytic = sum((g * d).sum() for g, d in zip(grads, direction)).item()
+
+    def shifted(sign: float) -> float:
+        eps = 1e-6
+        moved = copy.deepcopy(optimizer.meta)
+        with torch.no_grad():
+            for p, d in zip(moved.parameters(), direction):
+                p.add_(sign * eps * d)
+        return _unrolled_loss(optimizer.with_meta(moved), problem, dict(theta0)).item()
+
+    numeric = (shifted(1.0) - shifted(-1.0)) / 2e-6
+    assert abs(analytic - numeric) <= 1e-4 * max(1.0, abs(numeric)), (
+        f"meta-gradient {analytic:.8g} differs from finite differences {numeric:.8g}"
+    )
+
+
+def check_meta_untouched(optimizer: Any) -> None:
+    """update() changes no meta-parameter or buffer: per-run state lives in the state."""
+    _learned_only(optimizer)
+    before = {k: v.clone() for k, v in optimizer.meta.state_dict().items()}
+    problem = Quadratic.make()
+    _run(optimizer, problem, problem.init(), 3)
+    for k, v in optimizer.meta.state_dict().items():
+        assert torch.equal(v, before[k]), f"update modified meta-parameter {k}"
+
+
+def check_meta_state_dict_roundtrip(optimizer: Any) -> None:
+    """Meta-parameters saved with state_dict and loaded into a differently initialised
+    module give exactly the same updates (fixed buffers included)."""
+    _learned_only(optimizer)
+    other = optimizer.init_meta(generator=torch.Generator().manual_seed(12345)).eval()
+    other.load_state_dict(copy.deepcopy(optimizer.meta.state_dict()))
+    problem = Quadratic.make()
+    expected, _ = _run(optimizer, problem, problem.init(), 3)
+    actual, _ = _run(optimizer.with_meta(other), problem, problem.init(), 3)
+    _assert_close(actual, expected, "after a meta state_dict round-trip", atol=0.0)
+
+
 CHECKS: dict[str, Callable[[Any], None]] = {
     "interface": check_interface,
     "state_survives_update": check_state_survives_update,
@@ -261,17 +337,21 @@ CHECKS: dict[str, Callable[[Any], None]] = {
     "differentiable": check_differentiable,
     "adapter_matches_functional": check_adapter_matches_functional,
     "state_dict_roundtrip": check_state_dict_roundtrip,
+    "meta_gradient": check_meta_gradient,
+    "meta_untouched": check_meta_untouched,
+    "meta_state_dict_roundtrip": check_meta_state_dict_roundtrip,
 }
 
 
 def run_check(check: str, factory: Factory, **hparams: Any) -> None:
-    """Build the plug-in from ``factory(**hparams)`` and run one named check on it.
+    """Build the plug-in from ``factory(**hparams)`` and run one named check on it
+    (a learned plug-in bound to fresh meta-parameters).
 
     Raises:
         AssertionError: the plug-in fails the check (the message says how).
         Skipped: the check does not apply; under pytest this becomes a skip.
     """
-    optimizer = factory(**hparams)
+    optimizer = bind_fresh(factory(**hparams))
     try:
         CHECKS[check](optimizer)
     except Skipped as exc:
@@ -287,7 +367,7 @@ def run_conformance(factory: Factory, **hparams: Any) -> dict[str, str]:
     results = {}
     for name, check in CHECKS.items():
         try:
-            check(factory(**hparams))
+            check(bind_fresh(factory(**hparams)))
             results[name] = "passed"
         except Skipped as exc:
             results[name] = f"skipped: {exc}"

@@ -1,0 +1,1 @@
+"""Meta-training learned optimisers, their checkpoints, and the cache that reuses them."""

@@ -1,0 +1,107 @@
+"""Where a learned optimiser's meta-parameters come from at meta-test.
+
+Either a checkpoint the user names (``--checkpoint NAME=PATH``; results are keyed by the
+file's digest), or the cache under ``<results>/checkpoints/``: one file per (plug-in
+config, meta-training config, seed), named by the optimiser's store key, so every suite
+that needs the same meta-trained optimiser reuses it and a re-run never meta-trains twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import CheckpointError, UsageError
+from ..optim.base import capability
+from ..optim.registry import ResolvedOptimizer
+from ..provenance import provenance
+from .checkpoint import Checkpoint, file_digest, load_checkpoint, save_checkpoint
+from .train import meta_train
+
+CHECKPOINT_FOLDER = "checkpoints"
+
+
+def cache_path(results_dir: Path, optimizer: ResolvedOptimizer) -> Path:
+    return Path(results_dir) / CHECKPOINT_FOLDER / f"{optimizer.entry.name}-{optimizer.hash}.pt"
+
+
+def use_checkpoint_file(optimizer: ResolvedOptimizer, path: Path | str) -> ResolvedOptimizer:
+    """``optimizer`` with its meta-parameters from ``path`` (checked to be for it)."""
+    path = Path(path)
+    built = optimizer.build()
+    if not capability(built, "learned"):
+        raise UsageError(f"optimizer {optimizer.name!r} is not a learned optimizer; a checkpoint applies only to learned ones")
+    load_checkpoint(path).bind(built, entry=optimizer.entry.name, hparams=optimizer.hparams)
+    return dataclasses.replace(optimizer, meta_training=None, checkpoint=path, checkpoint_digest=file_digest(path))
+
+
+def ensure_meta_trained(
+    optimizer: ResolvedOptimizer,
+    *,
+    results_dir: Path,
+    data_dir: Path,
+    device: torch.device,
+    progress: bool | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> ResolvedOptimizer:
+    """``optimizer`` with ``checkpoint`` set: the given file, the cached one, or a new one.
+
+    Raises:
+        UsageError: a learned optimiser with neither a checkpoint nor a meta-training config.
+    """
+    if optimizer.checkpoint is not None:
+        return optimizer
+    if optimizer.meta_training is None:
+        raise UsageError(
+            f"learned optimizer {optimizer.name!r} has no meta-training config and no checkpoint "
+            f"(expected a [meta_training] table in the suite or --checkpoint {optimizer.name}=PATH)"
+        )
+    path = cache_path(results_dir, optimizer)
+    if path.is_file():
+        try:
+            use_checkpoint_file(optimizer, path)
+            log(f"{optimizer.name}: using cached meta-trained checkpoint {path}")
+            return dataclasses.replace(optimizer, checkpoint=path)
+        except CheckpointError as exc:  # e.g. a file from an older version: train anew
+            log(f"{optimizer.name}: cached checkpoint unusable ({exc}); meta-training again")
+    spec = optimizer.meta_training
+    log(f"{optimizer.name}: meta-training on {spec.name} ...")
+    result = meta_train(optimizer.build(), spec, data_dir=data_dir, device=device, progress=progress)
+    checkpoint = Checkpoint(
+        entry=optimizer.entry.name,
+        hparams=dict(optimizer.hparams),
+        state_dict=result.module.state_dict(),
+        meta_training=spec.config(),
+        history={"trial_loss": result.trial_loss, "unroll_loss": result.unroll_loss},
+        wall_time_s=result.wall_time_s,
+        provenance=provenance(device),
+    )
+    save_checkpoint(checkpoint, path)
+    first, last = result.trial_loss[0], result.trial_loss[-1]
+    log(
+        f"{optimizer.name}: meta-trained in {result.wall_time_s:.1f} s "
+        f"(mean learner loss, first trial {first:.4f}, last trial {last:.4f}) -> {path}"
+    )
+    return dataclasses.replace(optimizer, checkpoint=path)
+
+
+def build_for_meta_test(optimizer: ResolvedOptimizer, device: torch.device) -> tuple[Any, dict[str, Any] | None]:
+    """The plug-in ready to meta-test on ``device``, and what to record of its meta-training.
+
+    Hand-designed optimisers come back as built, with ``None``.
+    """
+    built = optimizer.build()
+    if not capability(built, "learned"):
+        return built, None
+    if optimizer.checkpoint is None:
+        raise UsageError(
+            f"learned optimizer {optimizer.name!r} has no meta-parameters: meta-train it first "
+            f"(l2lbench meta-train) or pass --checkpoint {optimizer.name}=PATH"
+        )
+    checkpoint = load_checkpoint(optimizer.checkpoint)
+    bound = checkpoint.bind(built, entry=optimizer.entry.name, hparams=optimizer.hparams)
+    bound.meta.to(device)
+    return bound, checkpoint.summary()

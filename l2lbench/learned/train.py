@@ -1,0 +1,180 @@
+"""Meta-training (Kuo et al. 2020, Algorithm 1; Andrychowicz et al. 2016): one
+implementation for every learned plug-in.
+
+For each of Q trials a freshly initialised learner is trained for S steps by the learned
+optimiser; every Xi steps the summed learner losses of that unroll (Eq. 4) are
+back-propagated into the meta-parameters, the meta-gradients are clamped and Adam takes
+one step; the learner parameters and the optimiser's per-run state then carry over to the
+next unroll, detached (truncated back-propagation through time).
+
+The learner's gradients are treated as data (``torch.autograd.grad`` without
+``create_graph``): the meta-gradient flows through ``theta_{t+1} = update(theta_t, ...)``
+into later losses only, with no second-order terms, as in both papers.
+
+The loss of step t is ``L(theta_t)`` on batch t. An unroll starting at step s (where the
+parameters were detached) contributes ``L(theta_{s+1}) + ... + L(theta_{s+Xi})``: every
+term depends on the meta-parameters, and the loss that closes one unroll also provides the
+gradient that starts the next, so no learner evaluation is repeated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ..hashing import derive_seed
+from ..learner import FunctionalLearner
+from ..optim.base import Params, StepContext
+from ..optim.tree import tree_map
+from ..task import TaskSpec
+from ..tasks.datasets import normalise
+from ..training import PreparedData, batch_schedule
+from .spec import MetaTrainingSpec
+
+
+@dataclass
+class MetaTrainingResult:
+    """The trained meta-parameters and what happened on the way."""
+
+    module: torch.nn.Module
+    trial_loss: list[float] = field(default_factory=list)  # mean learner loss of each trial
+    unroll_loss: list[float] = field(default_factory=list)  # mean learner loss of each unroll
+    wall_time_s: float = 0.0
+    learner_steps: int = 0
+
+
+@dataclass
+class _TaskData:
+    learner: FunctionalLearner
+    data: PreparedData
+
+
+def _prepare(task: TaskSpec, data_dir: Path, device: torch.device) -> _TaskData:
+    learner = FunctionalLearner(task.learner.build(task.dataset.input_shape, task.dataset.num_classes))
+    # Meta-training sees only the training split; the test split stays for meta-testing.
+    return _TaskData(learner, PreparedData.from_splits(task.dataset.load(data_dir), task, device))
+
+
+def _detached(tree: Any) -> Any:
+    return tree_map(lambda v: v.detach() if isinstance(v, Tensor) else v, tree)
+
+
+def _add_noise(params: Params, step: int, horizon: int, spec: MetaTrainingSpec, generator: torch.Generator) -> Params:
+    """Appendix B.5.3: N(0,1) * max|theta| * (S - t)/S * a scale picked at random, per tensor."""
+    pick = int(torch.randint(len(spec.noise_scales), (1,), generator=generator))
+    decay = (horizon - step) / horizon * spec.noise_scales[pick]
+    noisy = {}
+    for name, p in params.items():
+        scale = p.detach().abs().max() * decay
+        noise = torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+        noisy[name] = p + scale * noise
+    return noisy
+
+
+def meta_train(
+    optimizer: Any,
+    spec: MetaTrainingSpec,
+    *,
+    data_dir: Path,
+    device: torch.device,
+    progress: bool | None = None,
+    on_unroll: Callable[[int, int, float], None] | None = None,
+) -> MetaTrainingResult:
+    """Meta-train the learned plug-in ``optimizer`` as ``spec`` says.
+
+    Args:
+        optimizer: an unbound learned plug-in (``init_meta``/``with_meta``/``init``/``update``).
+        spec: tasks, trials, unroll, meta learning rate, clipping, noise, seed.
+        data_dir: where the tasks' datasets are.
+        device: where to train.
+        progress: show a progress bar (``None``: only when stderr is a terminal).
+        on_unroll: called as ``on_unroll(trial, step, mean_loss)`` after each meta-update.
+
+    Returns:
+        The meta-parameters (in ``eval`` mode, on the CPU) and the loss history.
+    """
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    module = optimizer.init_meta(generator=torch.Generator().manual_seed(derive_seed(spec.hash, "meta-init")))
+    module.to(device).train()
+    bound = optimizer.with_meta(module)
+    meta_optimizer = torch.optim.Adam(module.parameters(), lr=spec.lr)
+    prepared: dict[TaskSpec, _TaskData] = {}
+    result = MetaTrainingResult(module)
+    total = sum(spec.tasks[q % len(spec.tasks)].steps for q in range(spec.trials))
+    bar = tqdm(total=total, unit="step", desc="meta-training", disable=None if progress is None else not progress, leave=False)
+    try:
+        for trial in range(spec.trials):
+            task = spec.tasks[trial % len(spec.tasks)]
+            if task not in prepared:
+                prepared[task] = _prepare(task, data_dir, device)
+            losses = _trial(bound, module, meta_optimizer, spec, task, prepared[task], trial, device, result, bar, on_unroll)
+            result.trial_loss.append(sum(losses) / len(losses))
+            bar.set_postfix(trial=f"{trial + 1}/{spec.trials}", meta_loss=f"{result.trial_loss[-1]:.4f}")
+    finally:
+        bar.close()
+    module.eval().cpu()
+    result.wall_time_s = time.perf_counter() - start
+    return result
+
+
+def _trial(
+    bound: Any,
+    module: torch.nn.Module,
+    meta_optimizer: torch.optim.Optimizer,
+    spec: MetaTrainingSpec,
+    task: TaskSpec,
+    prepared: _TaskData,
+    trial: int,
+    device: torch.device,
+    result: MetaTrainingResult,
+    bar: Any,
+    on_unroll: Callable[[int, int, float], None] | None,
+) -> list[float]:
+    """One learner, S steps, a meta-update every Xi steps; returns the learner's losses."""
+    learner, data = prepared.learner, prepared.data
+    horizon = task.steps
+    init_generator = torch.Generator().manual_seed(derive_seed(spec.hash, trial, "init"))
+    params = {k: v.requires_grad_(True) for k, v in learner.init(init_generator, device).items()}
+    generator = torch.Generator(device=device).manual_seed(derive_seed(spec.hash, trial, "optimizer"))
+    state = bound.init(params, generator=generator)
+    # S + 1 batches: the loss after the last update closes the last unroll.
+    schedule = batch_schedule(len(data.train_labels), horizon + 1, task.batch_size, derive_seed(spec.hash, trial, "data")).to(device)
+    meta_loss: Tensor | None = None
+    unroll_start, losses = 0, []
+    for t in range(horizon + 1):
+        indices = schedule[t]
+        inputs = normalise(data.train_images[indices], data.mean, data.std)
+        loss = learner.loss(params, inputs, data.train_labels[indices])
+        losses.append(loss.item())
+        grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), retain_graph=t > unroll_start)))
+        if t > unroll_start:
+            meta_loss = loss if meta_loss is None else meta_loss + loss
+            if t - unroll_start == spec.unroll or t == horizon:
+                meta_optimizer.zero_grad(set_to_none=True)
+                meta_loss.backward()
+                for p in module.parameters():
+                    if p.grad is not None:
+                        p.grad.clamp_(-spec.clip, spec.clip)
+                meta_optimizer.step()
+                result.unroll_loss.append(meta_loss.item() / (t - unroll_start))
+                if on_unroll is not None:
+                    on_unroll(trial, t, result.unroll_loss[-1])
+                params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+                state = _detached(state)
+                meta_loss, unroll_start = None, t
+        if t == horizon:
+            break
+        context = StepContext(step=t, inputs=inputs, loss=loss.detach(), generator=generator)
+        params, state = bound.update(grads, state, params, context)
+        if spec.param_noise:
+            params = _add_noise(params, t, horizon, spec, generator)
+        result.learner_steps += 1
+        bar.update(1)
+    return losses
