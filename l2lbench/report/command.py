@@ -1,0 +1,147 @@
+"""``l2lbench report``: leaderboards, summary, paired tests and plots from the results store.
+
+The command reads only the results store. Its arguments are added by
+:func:`add_arguments` and it runs through :func:`run`; pandas, scipy and matplotlib are
+imported inside :func:`run`, so building the command line stays fast.
+
+Example:
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> add_arguments(parser)
+    >>> args = parser.parse_args(["--format", "json", "--no-plots"])
+    >>> args.format, args.results, args.reference
+    ('json', 'results', 'adam')
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..store import RunRecord
+    from ..suite import Suite
+
+#: Report formats; the first is the default.
+FORMATS = ("markdown", "github", "latex", "html", "csv", "json")
+DEFAULT_RESULTS = "results"
+DEFAULT_REFERENCE = "adam"
+#: The file each format writes under the output folder.
+REPORT_FILES = {"markdown": "report.md", "github": "report.md", "latex": "report.tex", "html": "report.html",
+                "csv": "leaderboard.csv", "json": "report.json"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``report`` options to ``parser``."""
+    parser.add_argument("--suite", metavar="NAME",
+                        help="only this suite's tasks and optimisers (a built-in name or a .toml file); "
+                             "also lists the suite's runs that are missing")
+    parser.add_argument("--format", choices=FORMATS, default=FORMATS[0],
+                        help="output format (default: markdown); csv and json keep full precision")
+    parser.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR",
+                        help=f"results folder to read (default: ./{DEFAULT_RESULTS})")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="folder for the report files and plots/ (default: the results folder)")
+    parser.add_argument("--reference", default=DEFAULT_REFERENCE, metavar="NAME",
+                        help=f"optimiser the speed-ups are measured against (default: {DEFAULT_REFERENCE})")
+    parser.add_argument("--log-y", action="store_true", help="log-scale loss axes in the plots")
+    parser.add_argument("--no-plots", action="store_true", help="write no plots")
+
+
+def read_runs(results: Path) -> list["RunRecord"]:
+    """Every run in the results store at ``results``; never creates a store."""
+    from ..store import DB_FILENAME, ResultsStore
+
+    empty = f"no runs stored in {results}; run `l2lbench run` first"
+    # ResultsStore creates a missing database; a report must not leave one behind.
+    if not (results / DB_FILENAME).is_file():
+        raise UsageError(empty)
+    with ResultsStore(results) as store:
+        records = store.runs()
+    if not records:
+        raise UsageError(empty)
+    return records
+
+
+def restrict_to_suite(records: Sequence["RunRecord"], suite: "Suite") -> list["RunRecord"]:
+    """The runs of the suite's tasks (by hash) and optimisers (by stored name)."""
+    tasks = {t.hash for t in suite.tasks}
+    optimizers = {o.name for o in suite.optimizers}
+    return [r for r in records if r.task_hash in tasks and r.optimizer_name in optimizers]
+
+
+def _reference(records: Sequence["RunRecord"], name: str | None) -> str | None:
+    names = sorted({r.optimizer_name for r in records})
+    if name is None or name in names:
+        return name
+    if name == DEFAULT_REFERENCE:
+        # The default reference may simply not have run: the report then has no speed-ups.
+        return None
+    raise UsageError(f"unknown reference optimizer {name!r}; expected one of the reported optimizers: {', '.join(names)}")
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {str(path)!r}: {exc.strerror or exc} (expected a writable --out folder)") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the report to stdout, write it (and its plots) under the output folder; returns 0.
+
+    Raises:
+        UsageError: unknown format or suite, empty store, unknown reference, unwritable output.
+    """
+    from ..suite import load_suite
+    from . import tables
+
+    fmt = getattr(args, "format", FORMATS[0])
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown report format {fmt!r}; expected one of: {', '.join(FORMATS)}")
+    results = Path(getattr(args, "results", DEFAULT_RESULTS))
+    out = Path(args.out) if getattr(args, "out", None) else results
+    records = read_runs(results)
+    suite = None
+    if getattr(args, "suite", None):
+        suite = load_suite(args.suite)
+        records = restrict_to_suite(records, suite)
+        if not records:
+            raise UsageError(f"no runs of suite {suite.name!r} stored in {results}; "
+                             f"run `l2lbench run --suite {args.suite}` first")
+    reference = _reference(records, getattr(args, "reference", DEFAULT_REFERENCE))
+    report = tables.build_report(records, results=str(results), reference=reference, suite=suite)
+    if reference is None:
+        report.notes.append(f"No speed-ups: the reference optimiser {DEFAULT_REFERENCE!r} has no runs here "
+                            "(choose one with --reference).")
+
+    images: dict[str, str] = {}
+    written: list[Path] = []
+    if not getattr(args, "no_plots", False):
+        from . import plots
+
+        try:
+            pngs = plots.write_plots(report.groups, report.leaderboard, out / "plots", log_y=getattr(args, "log_y", False))
+        except OSError as exc:
+            raise UsageError(f"cannot write plots under {str(out / 'plots')!r}: {exc.strerror or exc}") from None
+        images = {key: path.relative_to(out).as_posix() for key, path in pngs.items()}
+        written += [p for png in pngs.values() for p in (png, png.with_suffix(".svg"))]
+
+    text = tables.render(report, fmt, images)
+    sys.stdout.write(text)
+    report_path = out / REPORT_FILES[fmt]
+    _write(report_path, text)
+    if fmt == "csv":
+        # The leaderboard is the csv report; the other tables go beside it.
+        for name, frame in tables.machine_tables(report).items():
+            if name != "leaderboard":
+                _write(out / f"{name}.csv", tables.to_csv(frame))
+    # stdout carries only the report (csv and json stay parseable); what was written goes to stderr.
+    plots_note = f" and {len(written)} plot files under {out / 'plots'}" if written else ""
+    print(f"l2lbench: wrote {report_path}{plots_note}", file=sys.stderr)
+    return 0
