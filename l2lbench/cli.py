@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .learned import command as meta_train_command
 
+    from .report import command as report_command
+
+    report = commands.add_parser("report", help="leaderboards, statistics and plots from the results store")
+    report_command.add_arguments(report)
+
     meta_train = commands.add_parser("meta-train", help="meta-train a learned optimiser into a checkpoint")
     meta_train_command.add_arguments(meta_train)
     add_common(meta_train, results=True, data=True)
@@ -143,12 +148,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         dataset.load(data_dir)
     store = ResultsStore(args.results)
     jobs, skipped = plan(tasks, optimizers, seeds, store)
-    jobs = with_meta_training(jobs, results_dir=Path(args.results), data_dir=data_dir, device=device, log=print)
     total = sum(len(j.seeds) for j in jobs)
     print(
         f"suite {suite.name}: {len(tasks)} tasks x {len(optimizers)} optimizers x {seeds} seeds; "
         f"{skipped} runs already stored (skipped), {total} to run"
     )
+    jobs = with_meta_training(jobs, results_dir=Path(args.results), data_dir=data_dir, device=device, log=print)
     with tqdm(total=total, unit="run", disable=None, dynamic_ncols=True) as bar:
         def done(job, records):
             bar.update(len(records))
@@ -211,7 +216,13 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     return command.run(args, registry=_registry(args.plugin), data_dir=_data_dir(args.data_dir))
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "meta-train": cmd_meta_train}
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import command
+
+    return command.run(args)
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "meta-train": cmd_meta_train, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,7 @@ of one batch, each with the two preprocessed gradient features of
 :func:`~l2lbench.optim.learned.preprocess_gradients` (p = 10) as input. Per layer, with
 gates in PyTorch's order (input, forget, cell, output)::
 
-    [i f a o] = [x h_{t-1}] W + b
+    [i; f; a; o] = W [x; h_{t-1}] + b
     c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(a)
     h_t = sigmoid(o) * tanh(c_t)
 
@@ -48,18 +48,21 @@ HEADS = ("authors", "linear")
 
 
 class LSTMState(NamedTuple):
-    hidden: tuple[Tensor, ...]  # per layer, (coordinates, units)
+    # Per layer, (units, coordinates): units first, so that each gate of the fused gate
+    # matrix is a contiguous block of rows and element-wise work runs on contiguous memory.
+    hidden: tuple[Tensor, ...]
     cell: tuple[Tensor, ...]
 
 
 class CoordinatewiseLSTM(nn.Module):
-    """The meta-parameters: per layer a fused gate matrix ``[W; U]`` and a bias."""
+    """The meta-parameters: per layer a fused gate matrix ``[W U]`` and a bias."""
 
     def __init__(self, sizes: list[int], head: str) -> None:
         super().__init__()
         self.sizes = sizes  # [inputs, units of layer 1, ..., units of the last layer]
+        # (4 units, inputs + units): nn.LSTMCell's weight_ih and weight_hh side by side.
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.empty(n_in + n_out, 4 * n_out)) for n_in, n_out in zip(sizes, sizes[1:])
+            nn.Parameter(torch.empty(4 * n_out, n_in + n_out)) for n_in, n_out in zip(sizes, sizes[1:])
         )
         self.biases = nn.ParameterList(nn.Parameter(torch.empty(4 * n_out)) for n_out in sizes[1:])
         self.head = nn.Linear(sizes[-1], 1) if head == "linear" else None
@@ -70,9 +73,15 @@ class CoordinatewiseLSTM(nn.Module):
 
 
 def lstm_layer(x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-    """One LSTM cell step for a batch of rows (gates i, f, a, o as in ``nn.LSTMCell``)."""
-    gates = torch.addmm(bias, torch.cat([x, h], dim=1), weight)
-    i, f, a, o = gates.chunk(4, dim=1)
+    """One LSTM cell step for a batch of columns (gates i, f, a, o as in ``nn.LSTMCell``).
+
+    Args:
+        x: inputs, (features, coordinates).
+        h, c: hidden and cell state, (units, coordinates).
+        weight: (4 units, features + units); bias: (4 units,).
+    """
+    gates = torch.addmm(bias.unsqueeze(1), weight, torch.cat([x, h], dim=0))
+    i, f, a, o = gates.chunk(4, dim=0)  # contiguous row blocks, not strided column slices
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(a)
     h = torch.sigmoid(o) * torch.tanh(c)
     return h, c
@@ -124,20 +133,20 @@ class LSTMOptimizer(LearnedOptimizer):
         weight = self.module.weights[0]
         coordinates = sum(v.numel() for v in params.values())
         device = next(iter(params.values())).device
-        zeros = tuple(torch.zeros(coordinates, n, dtype=weight.dtype, device=device) for n in self.module.units)
+        zeros = tuple(torch.zeros(n, coordinates, dtype=weight.dtype, device=device) for n in self.module.units)
         return LSTMState(hidden=zeros, cell=zeros)
 
     def update(self, grads: Params, state: LSTMState, params: Params, context: StepContext) -> tuple[Params, LSTMState]:
         module = self.module
         dtype = module.weights[0].dtype
-        x = preprocess_gradients(flatten_coordinates(grads).to(dtype), self.preprocess_p)
+        x = preprocess_gradients(flatten_coordinates(grads).to(dtype), self.preprocess_p).movedim(-1, 0)
         hidden, cell = [], []
         for weight, bias, h, c in zip(module.weights, module.biases, state.hidden, state.cell):
             x, c = lstm_layer(x, h, c, weight, bias)
             hidden.append(x)
             cell.append(c)
-        out = module.head(x) if module.head is not None else x
-        step = self.output_scale * out.squeeze(1)
+        out = module.head(x.t()).t() if module.head is not None else x  # (1, coordinates)
+        step = self.output_scale * out.squeeze(0)
         flat = flatten_coordinates(params)
         new_params = unflatten_coordinates(flat + step.to(flat.dtype), params)
         return new_params, LSTMState(tuple(hidden), tuple(cell))

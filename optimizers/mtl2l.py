@@ -69,7 +69,7 @@ GATES = 4
 
 
 class MTL2LState(NamedTuple):
-    hidden: tuple[Tensor, Tensor]  # layer 1 (coordinates, hidden), layer 2 (coordinates, 1)
+    hidden: tuple[Tensor, Tensor]  # layer 1 (hidden, coordinates), layer 2 (1, coordinates)
     cell: tuple[Tensor, Tensor]
     context: tuple[Tensor, ...]  # Eq. 17 running averages of the 4 hypernetwork outputs
 
@@ -182,7 +182,7 @@ class MTL2L(LearnedOptimizer):
         n = sum(v.numel() for v in params.values())
         zeros = lambda *shape: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
         context = tuple(zeros(module.hidden if name.endswith("1") else 1) for name in FAMILIES)
-        return MTL2LState(hidden=(zeros(n, module.hidden), zeros(n, 1)), cell=(zeros(n, module.hidden), zeros(n, 1)), context=context)
+        return MTL2LState(hidden=(zeros(module.hidden, n), zeros(1, n)), cell=(zeros(module.hidden, n), zeros(1, n)), context=context)
 
     def context_values(self, inputs: Tensor | None, previous: tuple[Tensor, ...], generator: torch.Generator | None) -> tuple[Tensor, ...]:
         """Eq. 17: the smoothed hypernetwork outputs for this step's input batch."""
@@ -212,15 +212,15 @@ class MTL2L(LearnedOptimizer):
         # Layer 1: W_t folded with the Linear(2, H) embedding, stacked over the 4 gates.
         w = svd_synapse(module.q, input1, module.p) @ module.embed  # (gates, H, 2)
         u = svd_synapse(module.s, recurrent1, module.j)  # (gates, H, H)
-        weight1 = torch.cat([w, u], dim=2).reshape(GATES * H, 2 + H).t()  # (2 + H, gates*H)
+        weight1 = torch.cat([w, u], dim=2).reshape(GATES * H, 2 + H)
         # Layer 2 (one unit): per gate a learned H-vector scaled by N3, recurrent weight N4.
-        weight2 = torch.cat([(module.input2 * scale2).t(), recurrent2.expand(1, GATES)], dim=0)  # (H + 1, gates)
+        weight2 = torch.cat([module.input2 * scale2, recurrent2.expand(GATES, 1)], dim=1)  # (gates, H + 1)
 
-        x = preprocess_gradients(flatten_coordinates(grads).to(module.embed.dtype), self.preprocess_p)
+        x = preprocess_gradients(flatten_coordinates(grads).to(module.embed.dtype), self.preprocess_p).movedim(-1, 0)
         h1, c1 = lstm_layer(x, state.hidden[0], state.cell[0], weight1, module.bias1)
         h2, c2 = lstm_layer(h1, state.hidden[1], state.cell[1], weight2, module.bias2)
         flat = flatten_coordinates(params)
-        step = (self.output_scale * h2.squeeze(1)).to(flat.dtype)
+        step = (self.output_scale * h2.squeeze(0)).to(flat.dtype)
         new_state = MTL2LState(hidden=(h1, h2), cell=(c1, c2), context=smoothed)
         return unflatten_coordinates(flat + step, params), new_state
 

@@ -57,7 +57,7 @@ def test_one_lstm_step_by_hand():
     w = [[0.1, 0.2, 0.3, 0.4], [0.5, -0.6, 0.7, -0.8], [0.9, 1.0, -1.1, 1.2]]
     b = [0.01, 0.02, 0.03, 0.04]
     with torch.no_grad():
-        module.weights[0].copy_(torch.tensor(w))
+        module.weights[0].copy_(torch.tensor(w).t())
         module.biases[0].copy_(torch.tensor(b))
     opt = opt.with_meta(module)
     g = -0.5
@@ -90,8 +90,8 @@ def test_linear_head_matches_torch_lstm_cells():
     for weight, bias, (n_in, n_out) in zip(module.weights, module.biases, zip(module.sizes, module.sizes[1:])):
         cell = torch.nn.LSTMCell(n_in, n_out)
         with torch.no_grad():
-            cell.weight_ih.copy_(weight[:n_in].t())
-            cell.weight_hh.copy_(weight[n_in:].t())
+            cell.weight_ih.copy_(weight[:, :n_in])
+            cell.weight_hh.copy_(weight[:, n_in:])
             cell.bias_ih.copy_(bias)
             cell.bias_hh.zero_()
         cells.append(cell)
@@ -182,8 +182,8 @@ def _reference_mtl2l_step(opt, grads, state, params, inputs):
     gamma, omega = torch.relu(smoothed[0]), torch.relu(smoothed[1])
     g = flatten_coordinates(grads)
     xe = preprocess_gradients(g) @ m.embed.t()  # Linear(2, 20) without bias
-    h1, c1 = state.hidden[0], state.cell[0]
-    h2, c2 = state.hidden[1], state.cell[1]
+    h1, c1 = state.hidden[0].t(), state.cell[0].t()  # (coordinates, units) here
+    h2, c2 = state.hidden[1].t(), state.cell[1].t()
     H = m.hidden
     pre1 = []
     for gate in range(4):
@@ -274,4 +274,4 @@ def test_learned_state_lives_in_state_not_module():
     _, s2 = opt.update({"w": torch.ones(5)}, s1, params, StepContext(0))
     assert isinstance(opt, LSTMOptimizer)
     assert not torch.equal(s2.hidden[0], s1.hidden[0])
-    assert not any(isinstance(v, torch.Tensor) and v.shape[0] == 5 for v in vars(opt.meta).values())
+    assert not any(isinstance(v, torch.Tensor) and 5 in v.shape for v in vars(opt.meta).values())
