@@ -50,3 +50,23 @@ def test_readme_plugin_passes_conformance(signum, check):
 
     module = importlib.import_module("signum")
     run_check(check, module.Signum, lr=0.01)
+
+
+def test_readme_checkpoint_example_trains_a_model(tmp_path, monkeypatch):
+    """The five-line "use a meta-trained optimiser on your own model" example, as written."""
+    import torch
+
+    from l2lbench.learned.checkpoint import Checkpoint, save_checkpoint
+    from l2lbench.optimizers.lstm import lstm
+
+    module = lstm().init_meta(generator=torch.Generator().manual_seed(0))
+    save_checkpoint(Checkpoint("lstm", {"hidden": 20, "layers": 2, "preprocess_p": 10.0, "output_scale": 0.1,
+                                        "head": "authors"}, module.state_dict()), tmp_path / "lstm.pt")
+    monkeypatch.chdir(tmp_path)
+    generator = torch.Generator().manual_seed(0)
+    loader = [(torch.randn(8, 1, 28, 28, generator=generator), torch.randint(10, (8,), generator=generator))] * 3
+    namespace = {"loader": loader}
+    exec(_block("import torch, l2lbench"), namespace)
+    opt = namespace["opt"]
+    assert opt.steps_taken == 3
+    assert type(opt.functional).__name__ == "LSTMOptimizer"

@@ -105,3 +105,31 @@ def build_for_meta_test(optimizer: ResolvedOptimizer, device: torch.device) -> t
     bound = checkpoint.bind(built, entry=optimizer.entry.name, hparams=optimizer.hparams)
     bound.meta.to(device)
     return bound, checkpoint.summary()
+
+
+def load_optimizer(checkpoint: Path | str, params: Any, *, plugins: tuple[str, ...] = (), seed: int = 0) -> Any:
+    """A meta-trained optimiser from ``checkpoint`` as a ``torch.optim.Optimizer`` over ``params``.
+
+    Args:
+        checkpoint: a file written by ``l2lbench meta-train`` (or found in
+            ``<results>/checkpoints/``).
+        params: your model's parameters (``model.parameters()``).
+        plugins: plug-in files or modules providing the optimiser, if not built in.
+        seed: seeds the generator of optimisers that draw random numbers.
+
+    Call ``opt.step(inputs=x)`` with the input batch: context-aware optimisers (MTL2L)
+    read it, the others ignore it.
+    """
+    from ..optim.adapter import FunctionalAdapter
+    from ..optim.registry import OptimizerRegistry
+    from ..optim.spec import OptimizerSpec
+
+    loaded = load_checkpoint(checkpoint)
+    registry = OptimizerRegistry.default(plugins)
+    resolved = registry.resolve(OptimizerSpec(loaded.entry, tuple(sorted(loaded.hparams.items()))))
+    params = list(params)
+    if not params:
+        raise UsageError("load_optimizer got no parameters (expected model.parameters())")
+    bound = loaded.bind(resolved.build(), entry=loaded.entry, hparams=resolved.hparams)
+    bound.meta.to(params[0].device)
+    return FunctionalAdapter(params, bound, seed=seed)
