@@ -26,30 +26,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _csv(value: str) -> list[str]:
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"invalid list {value!r} (expected comma-separated names)")
-    return items
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"invalid value {value!r} (expected a positive integer)")
-    return number
-
-
-def _assignment(value: str) -> tuple[str, str]:
-    name, sep, path = value.partition("=")
-    if not sep or not name.strip() or not path.strip():
-        raise argparse.ArgumentTypeError(f"invalid checkpoint {value!r} (expected NAME=PATH, e.g. lstm=ckpt.pt)")
-    return name.strip(), path.strip()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="l2lbench", description="Benchmark learned and hand-designed optimisers.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -64,28 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--data-dir", default=None, metavar="DIR",
                            help="dataset folder (default: $L2LBENCH_DATA or the user cache folder)")
 
+    from . import run_command
+
     run = commands.add_parser("run", help="run a suite: every task x optimiser x seed not yet stored")
-    run.add_argument("--suite", required=True, help="a built-in suite name or a .toml file")
-    run.add_argument("--tasks", type=_csv, metavar="A,B", help="only these tasks (names, dataset names or globs)")
-    run.add_argument("--optimizers", type=_csv, metavar="X,Y", help="only these optimisers (any registered name)")
-    run.add_argument("--seeds", type=_positive, metavar="N", help="seeds 0..N-1 (default: the suite's)")
-    run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    run.add_argument("--no-batch", action="store_true", help="run seeds one by one instead of batched with vmap")
-    run.add_argument("--verbose", "-v", action="store_true", help="print one line per finished job")
-    run.add_argument("--checkpoint", action="append", default=[], type=_assignment, metavar="NAME=PATH",
-                     help="meta-test learned optimiser NAME with the meta-parameters in PATH (repeatable)")
+    run_command.add_arguments(run)
     add_common(run, results=True, data=True)
 
     from .learned import command as meta_train_command
-
     from .report import command as report_command
-
-    report = commands.add_parser("report", help="leaderboards, statistics and plots from the results store")
-    report_command.add_arguments(report)
 
     meta_train = commands.add_parser("meta-train", help="meta-train a learned optimiser into a checkpoint")
     meta_train_command.add_arguments(meta_train)
     add_common(meta_train, results=True, data=True)
+
+    report = commands.add_parser("report", help="leaderboards, statistics and plots from the results store")
+    report_command.add_arguments(report)
 
     lister = commands.add_parser("list", help="list optimizers, tasks or suites")
     lister.add_argument("what", choices=["optimizers", "tasks", "suites"])
@@ -116,59 +85,9 @@ def _registry(plugins: list[str]):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from . import run_command
 
-    from .learned.cache import use_checkpoint_file
-    from .runner import plan, resolve_device, run_jobs, suite_runs, with_meta_training
-    from .store import ResultsStore
-    from .suite import load_suite
-
-    device = resolve_device(args.device)
-    suite = load_suite(args.suite)
-    registry = _registry(args.plugin)
-    names = args.optimizers
-    if names is None and args.plugin:
-        # Plug-ins given on the command line run beside the suite's own optimisers.
-        builtin = {o.entry for o in suite.optimizers}
-        names = [o.name for o in suite.optimizers] + [
-            e.name for e in registry.entries() if e.source.startswith("plug-in") and e.name not in builtin
-        ]
-    tasks, optimizers = suite_runs(suite, registry, task_patterns=args.tasks, optimizer_names=names)
-    by_name = {o.name: i for i, o in enumerate(optimizers)}
-    for name, path in args.checkpoint:
-        if name not in by_name:
-            raise UsageError(f"--checkpoint {name}={path}: no optimizer {name!r} in this run; expected one of: {', '.join(by_name)}")
-        optimizers[by_name[name]] = use_checkpoint_file(optimizers[by_name[name]], path)
-    seeds = args.seeds or suite.seeds
-    data_dir = _data_dir(args.data_dir)
-    # Fail fast, before any compute, on data that is missing or corrupt (meta-training too).
-    datasets = {t.dataset for t in tasks}
-    datasets |= {t.dataset for o in optimizers if o.meta_training is not None for t in o.meta_training.tasks}
-    for dataset in datasets:
-        dataset.load(data_dir)
-    store = ResultsStore(args.results)
-    jobs, skipped = plan(tasks, optimizers, seeds, store)
-    total = sum(len(j.seeds) for j in jobs)
-    print(
-        f"suite {suite.name}: {len(tasks)} tasks x {len(optimizers)} optimizers x {seeds} seeds; "
-        f"{skipped} runs already stored (skipped), {total} to run"
-    )
-    jobs = with_meta_training(jobs, results_dir=Path(args.results), data_dir=data_dir, device=device, log=print)
-    with tqdm(total=total, unit="run", disable=None, dynamic_ncols=True) as bar:
-        def done(job, records):
-            bar.update(len(records))
-            if args.verbose:
-                states = ", ".join(f"seed {r.seed} {r.status}" for r in records)
-                bar.write(f"{job.label}: {states} ({sum(r.wall_time_s for r in records):.1f}s)")
-
-        summary = run_jobs(jobs, store, data_dir=data_dir, device=device, vectorize=not args.no_batch, on_job_done=done)
-    print(
-        f"done: {summary.ok} ok, {summary.diverged} diverged, {len(summary.failed)} failed, "
-        f"{skipped} skipped; results in {store.path}"
-    )
-    for line in summary.failed:
-        print(f"l2lbench: failed: {line}", file=sys.stderr)
-    return 1 if summary.failed or registry.problems else 0
+    return run_command.run(args, registry=_registry(args.plugin), data_dir=_data_dir(args.data_dir))
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -24,6 +24,7 @@ from .learner import FunctionalLearner
 from .optim.base import capability
 from .optim.registry import OptimizerRegistry, ResolvedOptimizer
 from .optim.spec import OptimizerSpec
+from .parallel import Executor, worker_registry
 from .provenance import provenance
 from .store import ResultsStore, RunRecord
 from .suite import Suite
@@ -67,19 +68,37 @@ def resolve_device(name: str) -> torch.device:
 
 
 def plan(
-    tasks: Iterable[TaskSpec], optimizers: Iterable[ResolvedOptimizer], seeds: int, store: ResultsStore
+    pairs: Iterable[tuple[TaskSpec, ResolvedOptimizer]], seeds: int, store: ResultsStore
 ) -> tuple[list[RunJob], int]:
     """Jobs for the runs not yet stored, and how many runs are already stored."""
     jobs, skipped = [], 0
-    optimizers = list(optimizers)
-    for task in tasks:
-        for optimizer in optimizers:
-            done = store.finished_seeds(task.hash, optimizer.hash)
-            missing = tuple(s for s in range(seeds) if s not in done)
-            skipped += seeds - len(missing)
-            if missing:
-                jobs.append(RunJob(task, optimizer, missing))
+    for task, optimizer in pairs:
+        done = store.finished_seeds(task.hash, optimizer.hash)
+        missing = tuple(s for s in range(seeds) if s not in done)
+        skipped += seeds - len(missing)
+        if missing:
+            jobs.append(RunJob(task, optimizer, missing))
     return jobs, skipped
+
+
+@dataclass(frozen=True)
+class PortableOptimizer:
+    """A resolved optimiser as plain data, rebuilt from the registry inside a worker."""
+
+    spec: OptimizerSpec
+    meta_training: Any
+    checkpoint: Path | None
+    checkpoint_digest: str | None
+
+    @classmethod
+    def of(cls, optimizer: ResolvedOptimizer) -> "PortableOptimizer":
+        return cls(optimizer.spec, optimizer.meta_training, optimizer.checkpoint, optimizer.checkpoint_digest)
+
+    def resolve(self, plugins: tuple[str, ...]) -> ResolvedOptimizer:
+        resolved = worker_registry(plugins).resolve(self.spec)
+        return dataclasses.replace(
+            resolved, meta_training=self.meta_training, checkpoint=self.checkpoint, checkpoint_digest=self.checkpoint_digest
+        )
 
 
 def with_meta_training(
@@ -88,22 +107,39 @@ def with_meta_training(
     results_dir: Path,
     data_dir: Path,
     device: torch.device,
-    progress: bool | None = None,
+    executor: Executor = Executor(),
+    plugins: tuple[str, ...] = (),
     log: Callable[[str], None] = lambda message: None,
 ) -> list[RunJob]:
     """Meta-train (or fetch from the cache) every learned optimiser the jobs need, once,
-    before any meta-test; the jobs come back pointing at the checkpoints."""
-    ready: dict[str, ResolvedOptimizer] = {}
-    out = []
+    before any meta-test (in parallel when the executor has workers); the jobs come back
+    pointing at the checkpoints."""
+    needed: dict[str, ResolvedOptimizer] = {}
     for job in jobs:
-        key = job.optimizer.hash
-        if key not in ready:
-            learned = _is_learned(job.optimizer)
-            ready[key] = ensure_meta_trained(
-                job.optimizer, results_dir=results_dir, data_dir=data_dir, device=device, progress=progress, log=log
-            ) if learned else job.optimizer
-        out.append(dataclasses.replace(job, optimizer=ready[key]))
-    return out
+        if job.optimizer.hash not in needed and job.optimizer.checkpoint is None and _is_learned(job.optimizer):
+            needed[job.optimizer.hash] = job.optimizer
+    ready: dict[str, ResolvedOptimizer] = {}
+    if executor.in_process:
+        for key, optimizer in needed.items():
+            ready[key] = ensure_meta_trained(optimizer, results_dir=results_dir, data_dir=data_dir, device=device, log=log)
+    else:
+        items = [(key, PortableOptimizer.of(o)) for key, o in needed.items()]
+        for (key, _), (path, lines) in executor.map(_meta_train_in_worker, items, plugins, results_dir, data_dir, str(device)):
+            for line in lines:
+                log(line)
+            ready[key] = dataclasses.replace(needed[key], checkpoint=path)
+    return [dataclasses.replace(job, optimizer=ready.get(job.optimizer.hash, job.optimizer)) for job in jobs]
+
+
+def _meta_train_in_worker(
+    item: tuple[str, PortableOptimizer], plugins: tuple[str, ...], results_dir: Path, data_dir: Path, device: str
+) -> tuple[Path, list[str]]:
+    lines: list[str] = []
+    optimizer = item[1].resolve(plugins)
+    ready = ensure_meta_trained(
+        optimizer, results_dir=results_dir, data_dir=data_dir, device=torch.device(device), progress=False, log=lines.append
+    )
+    return ready.checkpoint, lines
 
 
 def execute_job(job: RunJob, *, data_dir: Path, device: torch.device, vectorize: bool = True) -> list[RunRecord]:
@@ -154,12 +190,22 @@ def run_jobs(
     data_dir: Path,
     device: torch.device,
     vectorize: bool = True,
+    executor: Executor = Executor(),
+    plugins: tuple[str, ...] = (),
     on_job_done: Callable[[RunJob, list[RunRecord]], None] | None = None,
 ) -> RunSummary:
-    """Execute ``jobs`` one after another, storing each as soon as it ends."""
+    """Execute ``jobs`` (in parallel when the executor has workers), storing each job's
+    runs in one transaction as soon as it ends, in this process only."""
     summary = RunSummary(planned=sum(len(j.seeds) for j in jobs))
-    for job in jobs:
-        records = execute_job(job, data_dir=data_dir, device=device, vectorize=vectorize)
+    if executor.in_process:
+        results = ((job, execute_job(job, data_dir=data_dir, device=device, vectorize=vectorize)) for job in jobs)
+    else:
+        portable = [(i, PortableOptimizer.of(job.optimizer), job.task, job.seeds) for i, job in enumerate(jobs)]
+        results = (
+            (jobs[item[0]], records)
+            for item, records in executor.map(_execute_in_worker, portable, plugins, data_dir, str(device), vectorize)
+        )
+    for job, records in results:
         store.put(records)
         for record in records:
             if record.status == "ok":
@@ -173,27 +219,45 @@ def run_jobs(
     return summary
 
 
+def _execute_in_worker(
+    item: tuple[int, PortableOptimizer, TaskSpec, tuple[int, ...]],
+    plugins: tuple[str, ...],
+    data_dir: Path,
+    device: str,
+    vectorize: bool,
+) -> list[RunRecord]:
+    _, optimizer, task, seeds = item
+    job = RunJob(task, optimizer.resolve(plugins), seeds)
+    return execute_job(job, data_dir=data_dir, device=torch.device(device), vectorize=vectorize)
+
+
 def suite_runs(
     suite: Suite,
     registry: OptimizerRegistry,
     *,
     task_patterns: list[str] | None = None,
     optimizer_names: list[str] | None = None,
-) -> tuple[tuple[TaskSpec, ...], list[ResolvedOptimizer]]:
-    """The tasks and resolved optimisers a ``run`` of ``suite`` covers."""
-    tasks = suite.select_tasks(task_patterns)
+) -> list[tuple[TaskSpec, ResolvedOptimizer]]:
+    """The (task, resolved optimiser) pairs a ``run`` of ``suite`` covers.
+
+    Names not in the suite are registry entries with default hyperparameters; learned
+    optimisers get the suite's meta-training for each task.
+    """
+    specs = None
     if optimizer_names:
-        by_name = {o.name: o for o in suite.optimizers}
-        specs = [by_name.get(n, OptimizerSpec(n)) for n in optimizer_names]
-    else:
-        specs = list(suite.optimizers)
-    resolved = []
-    for spec in specs:
-        optimizer = registry.resolve(spec)
+        known = {o.name for o in suite.optimizers}
+        specs = [o for o in suite.optimizers if o.name in optimizer_names]
+        specs += [OptimizerSpec(n) for n in optimizer_names if n not in known]
+    resolved: dict[int, ResolvedOptimizer] = {}
+    pairs = []
+    for task, spec in suite.pairs(task_patterns, specs):
+        if id(spec) not in resolved:
+            resolved[id(spec)] = registry.resolve(spec)
+        optimizer = resolved[id(spec)]
         if _is_learned(optimizer):
-            optimizer = dataclasses.replace(optimizer, meta_training=suite.meta_training_for(spec))
-        resolved.append(optimizer)
-    return tasks, resolved
+            optimizer = dataclasses.replace(optimizer, meta_training=suite.meta_training_for(spec, task))
+        pairs.append((task, optimizer))
+    return pairs
 
 
 def _is_learned(optimizer: ResolvedOptimizer) -> bool:

@@ -12,8 +12,11 @@
     learner = {kind = "mlp", hidden = [32]}
 
     [meta_training]         # how learned optimisers are meta-trained (see MetaTrainingSpec)
-    tasks = ["rotated-mnist"]
+    tasks = ["rotated-mnist"]   # or "same-as-test": each task's own dataset and learner
     trials = 20
+
+An optimiser entry may carry ``tasks = ["pattern", ...]`` (it then runs on those tasks
+only), ``name = "..."`` (its name in reports) and ``meta_training = {...}`` (overrides).
 
 Built-in suites are the ``*.toml`` files shipped in ``l2lbench.tasks.suites``; ``--suite``
 also accepts a path to a TOML file of your own.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 import tomllib
+import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -33,6 +37,7 @@ from .learned.spec import MetaTrainingSpec
 from .optim.spec import OptimizerSpec
 from .task import TaskSpec
 
+SAME_AS_TEST = "same-as-test"
 SUITE_KEYS = {"description", "seeds", "optimizers", "defaults", "tasks", "meta_training"}
 
 
@@ -45,11 +50,33 @@ class Suite:
     seeds: int
     source: str
     meta_training: Mapping[str, Any] | None = field(default=None, hash=False)
+    # Command-line overrides of every meta-training config (they win over the file).
+    meta_overrides: Mapping[str, Any] | None = field(default=None, hash=False)
 
-    def meta_training_for(self, optimizer: OptimizerSpec) -> MetaTrainingSpec | None:
-        """The meta-training of a learned optimiser: the suite's table with its overrides."""
-        config = {**(self.meta_training or {}), **(optimizer.meta_training or {})}
-        return MetaTrainingSpec.from_config(config) if config else None
+    def meta_training_for(self, optimizer: OptimizerSpec, task: TaskSpec) -> MetaTrainingSpec | None:
+        """How a learned optimiser is meta-trained for meta-testing on ``task``: the suite's
+        table, the optimiser's overrides, then the command line's; ``tasks =
+        "same-as-test"`` means the task's own dataset and learner."""
+        config = {**(self.meta_training or {}), **(optimizer.meta_training or {}), **(self.meta_overrides or {})}
+        if not config:
+            return None
+        if config.get("tasks") == SAME_AS_TEST:
+            config["tasks"] = [{"dataset": task.dataset.config(), "learner": task.learner.config()}]
+        return MetaTrainingSpec.from_config(config)
+
+    def pairs(
+        self, task_patterns: list[str] | None = None, optimizers: list[OptimizerSpec] | None = None
+    ) -> list[tuple[TaskSpec, OptimizerSpec]]:
+        """Every (task, optimiser) of the suite, in task order, honouring ``only``."""
+        tasks = self.select_tasks(task_patterns)
+        chosen = list(self.optimizers) if optimizers is None else optimizers
+        return [(t, o) for t in tasks for o in chosen if not o.only or any(task_matches(t, p) for p in o.only)]
+
+    def with_overrides(self, *, steps: int | None = None, meta: Mapping[str, Any] | None = None) -> "Suite":
+        """The suite with every task's steps and/or every meta-training key replaced."""
+        tasks = self.tasks if steps is None else tuple(dataclasses.replace(t, steps=steps) for t in self.tasks)
+        merged = {**(self.meta_overrides or {}), **(meta or {})} or None
+        return dataclasses.replace(self, tasks=tasks, meta_overrides=merged)
 
     def select_tasks(self, patterns: list[str] | None) -> tuple[TaskSpec, ...]:
         """Tasks whose name or dataset name matches a pattern (exact, prefix or glob)."""
@@ -57,10 +84,7 @@ class Suite:
             return self.tasks
         chosen = []
         for pattern in patterns:
-            hits = [
-                t for t in self.tasks
-                if fnmatch.fnmatchcase(t.name, pattern) or t.dataset.name == pattern or t.name.startswith(pattern + "-")
-            ]
+            hits = [t for t in self.tasks if task_matches(t, pattern)]
             if not hits:
                 raise UsageError(
                     f"no task of suite {self.name!r} matches {pattern!r}; expected one of: "
@@ -68,6 +92,11 @@ class Suite:
                 )
             chosen += [t for t in hits if t not in chosen]
         return tuple(chosen)
+
+
+def task_matches(task: TaskSpec, pattern: str) -> bool:
+    """A task pattern: the task's name (glob), its dataset's name, or a name prefix."""
+    return fnmatch.fnmatchcase(task.name, pattern) or task.dataset.name == pattern or task.name.startswith(pattern + "-")
 
 
 def builtin_suites() -> list[str]:
@@ -133,21 +162,25 @@ def _build(data: Mapping[str, Any], name: str, source: str) -> Suite:
             raise ConfigError(f"task #{i + 1} ({spec.name}) is listed twice")
         specs.append(spec)
     opt_specs = tuple(OptimizerSpec.from_config(o) for o in optimizers)
-    names = [o.name for o in opt_specs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"optimizer(s) {', '.join(map(repr, duplicates))} listed twice")
     meta_training = data.get("meta_training")
     if meta_training is not None and not isinstance(meta_training, Mapping):
         raise ConfigError(f"invalid meta_training: {meta_training!r} (expected a table)")
     suite = Suite(name, description, tuple(specs), opt_specs, seeds, source, meta_training)
+    for spec in opt_specs:
+        if spec.only and not suite.pairs(optimizers=[spec]):
+            raise ConfigError(f"optimizer {spec.name!r} runs on tasks {list(spec.only)!r}, which match no task of the suite")
+    for task in suite.tasks:  # one name per optimiser per task, so reports cannot mix them up
+        names = [o.name for t, o in suite.pairs() if t == task]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"optimizer(s) {', '.join(map(repr, duplicates))} listed twice for task {task.name}")
     # Validate every meta-training config now, not after hours of meta-testing.
     if meta_training is not None:
-        MetaTrainingSpec.from_config(meta_training)
-    for spec in opt_specs:
+        suite.meta_training_for(OptimizerSpec("(suite)"), suite.tasks[0])
+    for task, spec in suite.pairs():
         if spec.meta_training is not None:
             try:
-                suite.meta_training_for(spec)
+                suite.meta_training_for(spec, task)
             except ConfigError as exc:
                 raise ConfigError(f"optimizer {spec.name!r}: {exc}") from None
     return suite

@@ -37,3 +37,6 @@ def tiny_suite(tmp_path):
 def _isolated_data_dir(tmp_path, monkeypatch):
     # Never touch the user's cache folder from tests.
     monkeypatch.setenv("L2LBENCH_DATA", str(tmp_path / "data"))
+    # In-process by default: worker processes would each import torch (seconds per test);
+    # the parallel runner has tests of its own.
+    monkeypatch.setenv("L2LBENCH_WORKERS", "1")

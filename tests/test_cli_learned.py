@@ -45,7 +45,7 @@ def test_meta_train_writes_a_checkpoint_and_reuses_it(tmp_path, capsys):
     [
         (["meta-train", "sgd", "--tasks", "synthetic"], "optimizer 'sgd' is not learned; expected one of: lstm, mtl2l"),
         (["meta-train", "lstm"], "meta-train needs training tasks"),
-        (["meta-train", "lstm", "--tasks", "synthetic", "--trials", "0"], "invalid meta-training trials: 0"),
+        (["meta-train", "lstm", "--tasks", "synthetic", "--trials", "0"], "argument --trials: invalid value '0'"),
         (["meta-train", "nope", "--tasks", "synthetic"], "unknown optimizer 'nope'"),
         (["meta-train", "lstm", "--tasks", "synthetic", "--set", "hidden=-3"], "invalid hidden: -3"),
         (["meta-train", "lstm", "--tasks", "mnist"], "mnist"),
@@ -112,7 +112,7 @@ def test_learned_optimizer_in_a_suite_without_meta_training(tiny_suite, tmp_path
 def test_smoke_suite_has_learned_entries_with_tiny_meta_training():
     suite = load_suite("smoke")
     assert {"lstm", "mtl2l"} <= {o.name for o in suite.optimizers}
-    spec = suite.meta_training_for(next(o for o in suite.optimizers if o.name == "lstm"))
+    spec = suite.meta_training_for(next(o for o in suite.optimizers if o.name == "lstm"), suite.tasks[0])
     assert spec.trials * spec.horizon <= 100  # stays a one-minute suite
 
 

@@ -104,11 +104,11 @@ def test_store_skips_finished_runs_and_retries_failed(setup, tmp_path):
     task, registry, data_dir = setup
     store = ResultsStore(tmp_path / "results")
     optimizers = [registry.resolve("sgd"), registry.resolve("raises")]
-    jobs, skipped = plan([task], optimizers, 2, store)
+    jobs, skipped = plan([(task, o) for o in optimizers], 2, store)
     assert skipped == 0 and [len(j.seeds) for j in jobs] == [2, 2]
     summary = run_jobs(jobs, store, data_dir=data_dir, device=CPU)
     assert summary.ok == 2 and len(summary.failed) == 2
-    jobs, skipped = plan([task], optimizers, 3, store)
+    jobs, skipped = plan([(task, o) for o in optimizers], 3, store)
     # sgd: seeds 0-1 stored, only seed 2 is new; the failed plug-in is retried in full.
     assert skipped == 2
     assert [(j.optimizer.name, j.seeds) for j in jobs] == [("sgd", (2,)), ("raises", (0, 1, 2))]
@@ -117,7 +117,7 @@ def test_store_skips_finished_runs_and_retries_failed(setup, tmp_path):
 def test_a_failing_optimizer_does_not_stop_the_others(setup, tmp_path):
     task, registry, data_dir = setup
     store = ResultsStore(tmp_path / "results")
-    jobs, _ = plan([task], [registry.resolve("raises"), registry.resolve("adam")], 2, store)
+    jobs, _ = plan([(task, registry.resolve("raises")), (task, registry.resolve("adam"))], 2, store)
     summary = run_jobs(jobs, store, data_dir=data_dir, device=CPU)
     assert summary.ok == 2 and len(summary.failed) == 2
     assert {r.status for r in store.runs()} == {"ok", "failed"}

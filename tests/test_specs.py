@@ -106,7 +106,7 @@ dataset = {kind = "synthetic"}
         (SUITE.replace("seeds = 2", "seeds = 0"), "invalid seeds: 0 (expected a positive integer)"),
         (SUITE.replace("seeds = 2", "seeds = -3"), "invalid seeds: -3"),
         (SUITE.replace('["sgd"]', "[]"), "invalid optimizers: []"),
-        (SUITE.replace('["sgd"]', '["sgd", "sgd"]'), "optimizer(s) 'sgd' listed twice"),
+        (SUITE.replace('["sgd"]', '["sgd", "sgd"]'), "optimizer(s) 'sgd' listed twice for task"),
         (SUITE.replace('["sgd"]', "[3]"), "invalid optimizer 3"),
         (SUITE + '[[tasks]]\ndataset = {kind = "synthetic"}\n', "task #2 (synthetic-mlp784x32x10-relu-1000steps) is listed twice"),
         (SUITE.replace("synthetic", "nope"), "task #1: unknown dataset 'nope'"),

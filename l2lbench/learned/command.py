@@ -15,14 +15,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from ..argtypes import csv_list, positive_int
 from ..errors import UsageError
-
-
-def _csv(value: str) -> list[str]:
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"invalid list {value!r} (expected comma-separated dataset names)")
-    return items
 
 
 def _setting(value: str) -> tuple[str, Any]:
@@ -39,12 +33,12 @@ def _setting(value: str) -> tuple[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("optimizer", help="a learned optimiser: lstm, mtl2l or a learned plug-in")
     parser.add_argument("--suite", help="start from this suite's [meta_training] config and hyperparameters")
-    parser.add_argument("--tasks", type=_csv, metavar="A,B", help="training datasets, alternated trial by trial")
-    parser.add_argument("--steps", type=int, metavar="S", help="learner steps per trial (default 100)")
-    parser.add_argument("--trials", type=int, metavar="Q", help="learners to train (default 20)")
-    parser.add_argument("--unroll", type=int, metavar="XI", help="steps per truncated unroll (default 5)")
+    parser.add_argument("--tasks", type=csv_list, metavar="A,B", help="training datasets, alternated trial by trial")
+    parser.add_argument("--steps", type=positive_int, metavar="S", help="learner steps per trial (default 100)")
+    parser.add_argument("--trials", type=positive_int, metavar="Q", help="learners to train (default 20)")
+    parser.add_argument("--unroll", type=positive_int, metavar="XI", help="steps per truncated unroll (default 5)")
     parser.add_argument("--lr", type=float, help="meta-optimiser (Adam) learning rate (default 0.001)")
-    parser.add_argument("--batch-size", type=int, help="learner minibatch size (default 128)")
+    parser.add_argument("--batch-size", type=positive_int, help="learner minibatch size (default 128)")
     parser.add_argument("--param-noise", action="store_true", help="add the decaying parameter noise of B.5.3")
     parser.add_argument("--seed", type=int, help="meta-training seed (default 0)")
     parser.add_argument("--set", dest="settings", action="append", default=[], type=_setting, metavar="KEY=VALUE",

@@ -27,25 +27,41 @@ class OptimizerSpec:
     hparams: tuple[tuple[str, Any], ...] = ()
     # Learned entries only: overrides of the suite's [meta_training] table.
     meta_training: Mapping[str, Any] | None = field(default=None, hash=False)
+    # Task patterns this entry runs on (empty: every task of the suite).
+    only: tuple[str, ...] = ()
+    # A name for reports instead of the derived one (e.g. two differently meta-trained
+    # "lstm" entries that run on disjoint tasks).
+    label: str | None = None
 
     @property
     def name(self) -> str:
+        if self.label:
+            return self.label
         return "-".join([self.entry, *(f"{k}{format_value(v)}" for k, v in self.hparams)])
 
     @classmethod
     def from_config(cls, config: Any) -> "OptimizerSpec":
         """From a suite entry: ``"adam"``, ``{entry = "adam", lr = 0.001}``, or for a
-        learned entry ``{entry = "mtl2l", meta_training = {trials = 30}}``."""
+        learned entry ``{entry = "mtl2l", meta_training = {trials = 30}}``. Reserved keys
+        besides hyperparameters: ``tasks`` (patterns of the tasks it runs on) and ``name``."""
         if isinstance(config, str):
             return cls(config)
         if isinstance(config, Mapping) and isinstance(config.get("entry"), str):
-            hparams = tuple(sorted((str(k), v) for k, v in config.items() if k not in ("entry", "meta_training")))
+            entry = config["entry"]
+            reserved = ("entry", "meta_training", "tasks", "name")
+            hparams = tuple(sorted((str(k), v) for k, v in config.items() if k not in reserved))
             meta_training = config.get("meta_training")
             if meta_training is not None and not isinstance(meta_training, Mapping):
-                raise ConfigError(
-                    f"invalid meta_training {meta_training!r} of optimizer {config['entry']!r} (expected a table)"
-                )
-            return cls(config["entry"], hparams, dict(meta_training) if meta_training is not None else None)
+                raise ConfigError(f"invalid meta_training {meta_training!r} of optimizer {entry!r} (expected a table)")
+            only = config.get("tasks", [])
+            if isinstance(only, str):
+                only = [only]
+            if not isinstance(only, list) or not all(isinstance(p, str) and p for p in only):
+                raise ConfigError(f"invalid tasks {only!r} of optimizer {entry!r} (expected a list of task patterns)")
+            label = config.get("name")
+            if label is not None and (not isinstance(label, str) or not label.strip()):
+                raise ConfigError(f"invalid name {label!r} of optimizer {entry!r} (expected a non-empty string)")
+            return cls(entry, hparams, dict(meta_training) if meta_training is not None else None, tuple(only), label)
         raise ConfigError(
             f"invalid optimizer {config!r} (expected a name like \"adam\" or a table like "
             "{entry = \"adam\", lr = 0.001})"

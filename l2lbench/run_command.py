@@ -1,0 +1,132 @@
+"""``l2lbench run``: every (task, optimiser, seed) of a suite not yet stored.
+
+Learned optimisers are meta-trained first (once, cached), then every job runs, in
+parallel on worker processes or a Dask cluster when asked; each finished job is stored at
+once, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .argtypes import csv_list, positive_int
+from .errors import UsageError
+
+WORKERS_ENV = "L2LBENCH_WORKERS"
+
+
+def _workers(value: str) -> int:
+    from .parallel import available_cores
+
+    return available_cores() if value == "auto" else positive_int(value)
+
+
+def _assignment(value: str) -> tuple[str, str]:
+    name, sep, path = value.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"invalid checkpoint {value!r} (expected NAME=PATH, e.g. lstm=ckpt.pt)")
+    return name.strip(), path.strip()
+
+
+def add_arguments(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--suite", required=True, help="a built-in suite name or a .toml file")
+    run.add_argument("--tasks", type=csv_list, metavar="A,B", help="only these tasks (names, dataset names or globs)")
+    run.add_argument("--optimizers", type=csv_list, metavar="X,Y", help="only these optimisers (any registered name)")
+    run.add_argument("--seeds", type=positive_int, metavar="N", help="seeds 0..N-1 (default: the suite's)")
+    run.add_argument("--steps", type=positive_int, metavar="N", help="meta-test steps of every task (default: the suite's)")
+    run.add_argument("--meta-trials", type=positive_int, metavar="Q", help="meta-training trials (default: the suite's)")
+    run.add_argument("--meta-steps", type=positive_int, metavar="S", help="meta-training steps per trial")
+    run.add_argument("--meta-unroll", type=positive_int, metavar="XI", help="meta-training unroll length")
+    run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    run.add_argument("--no-batch", action="store_true", help="run seeds one by one instead of batched with vmap")
+    run.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
+                     help=f"worker processes (default: ${WORKERS_ENV}, else auto = one per core)")
+    run.add_argument("--backend", default="loky", help="loky (processes on this machine) or dask (a cluster)")
+    run.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address for --backend dask")
+    run.add_argument("--verbose", "-v", action="store_true", help="print one line per finished job")
+    run.add_argument("--checkpoint", action="append", default=[], type=_assignment, metavar="NAME=PATH",
+                     help="meta-test learned optimiser NAME with the meta-parameters in PATH (repeatable)")
+
+
+def _default_workers() -> int:
+    from .parallel import available_cores
+
+    value = os.environ.get(WORKERS_ENV)
+    if value is None:
+        return available_cores()
+    try:
+        return _workers(value)
+    except argparse.ArgumentTypeError:
+        raise UsageError(f"invalid ${WORKERS_ENV}={value!r} (expected a positive integer or auto)") from None
+
+
+def run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callable[[str], None] = print) -> int:
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from .learned.cache import use_checkpoint_file
+    from .parallel import Executor
+    from .runner import plan, resolve_device, run_jobs, suite_runs, with_meta_training
+    from .store import ResultsStore
+    from .suite import load_suite
+
+    device = resolve_device(args.device)
+    meta = {k: v for k, v in (("trials", args.meta_trials), ("steps", args.meta_steps), ("unroll", args.meta_unroll)) if v}
+    suite = load_suite(args.suite).with_overrides(steps=args.steps, meta=meta or None)
+    workers = args.workers or _default_workers()
+    executor = Executor(workers=workers, backend=args.backend, scheduler=args.scheduler)
+    names = args.optimizers
+    if names is None and args.plugin:
+        # Plug-ins given on the command line run beside the suite's own optimisers.
+        builtin = {o.entry for o in suite.optimizers}
+        names = [o.name for o in suite.optimizers] + [
+            e.name for e in registry.entries() if e.source.startswith("plug-in") and e.name not in builtin
+        ]
+    pairs = suite_runs(suite, registry, task_patterns=args.tasks, optimizer_names=names)
+    for name, path in args.checkpoint:
+        hits = [i for i, (_, o) in enumerate(pairs) if o.name == name]
+        if not hits:
+            known = ", ".join(dict.fromkeys(o.name for _, o in pairs))
+            raise UsageError(f"--checkpoint {name}={path}: no optimizer {name!r} in this run; expected one of: {known}")
+        given = use_checkpoint_file(pairs[hits[0]][1], path)
+        for i in hits:
+            pairs[i] = (pairs[i][0], dataclasses.replace(given, spec=pairs[i][1].spec))
+    seeds = args.seeds or suite.seeds
+    # Fail fast, before any compute, on data that is missing or corrupt (meta-training too).
+    datasets = {t.dataset for t, _ in pairs}
+    datasets |= {t.dataset for _, o in pairs if o.meta_training is not None for t in o.meta_training.tasks}
+    for dataset in sorted(datasets, key=lambda d: d.name):
+        dataset.load(data_dir)
+    store = ResultsStore(args.results)
+    jobs, skipped = plan(pairs, seeds, store)
+    total = sum(len(j.seeds) for j in jobs)
+    tasks = {t for t, _ in pairs}
+    optimizers = {o.name for _, o in pairs}
+    say(
+        f"suite {suite.name}: {len(tasks)} tasks x {len(optimizers)} optimizers x {seeds} seeds; "
+        f"{skipped} runs already stored (skipped), {total} to run {executor.describe()}"
+    )
+    plugins = tuple(args.plugin)
+    jobs = with_meta_training(jobs, results_dir=Path(args.results), data_dir=data_dir, device=device,
+                              executor=executor, plugins=plugins, log=say)
+    with tqdm(total=total, unit="run", disable=None, dynamic_ncols=True) as bar:
+        def done(job, records):
+            bar.update(len(records))
+            if args.verbose:
+                states = ", ".join(f"seed {r.seed} {r.status}" for r in records)
+                bar.write(f"{job.label}: {states} ({sum(r.wall_time_s for r in records):.1f}s)")
+
+        summary = run_jobs(jobs, store, data_dir=data_dir, device=device, vectorize=not args.no_batch,
+                           executor=executor, plugins=plugins, on_job_done=done)
+    say(
+        f"done: {summary.ok} ok, {summary.diverged} diverged, {len(summary.failed)} failed, "
+        f"{skipped} skipped; results in {store.path}"
+    )
+    for line in summary.failed:
+        print(f"l2lbench: failed: {line}", file=sys.stderr)
+    return 1 if summary.failed or registry.problems else 0
