@@ -35,6 +35,7 @@ from typing import Any, Mapping
 from .errors import ConfigError, UsageError
 from .learned.spec import MetaTrainingSpec
 from .optim.spec import OptimizerSpec
+from .specs import spec_config
 from .task import TaskSpec
 
 SAME_AS_TEST = "same-as-test"
@@ -61,7 +62,7 @@ class Suite:
         if not config:
             return None
         if config.get("tasks") == SAME_AS_TEST:
-            config["tasks"] = [{"dataset": task.dataset.config(), "learner": task.learner.config()}]
+            config["tasks"] = [{"dataset": spec_config(task.dataset), "learner": spec_config(task.learner)}]
         return MetaTrainingSpec.from_config(config)
 
     def pairs(
