@@ -40,3 +40,19 @@ def _isolated_data_dir(tmp_path, monkeypatch):
     # In-process by default: worker processes would each import torch (seconds per test);
     # the parallel runner has tests of its own.
     monkeypatch.setenv("L2LBENCH_WORKERS", "1")
+
+
+@pytest.fixture(scope="session")
+def dataset_files():
+    """tests/dataset_files.py: writers of tiny datasets in the original archive formats."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "l2lbench_tests_dataset_files"
+    if name not in sys.modules:  # --import-mode=importlib keeps tests/ off sys.path
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("dataset_files.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
