@@ -2,19 +2,21 @@
 
 Learned optimisers are meta-trained first (once, cached), then every job runs, in
 parallel on worker processes or a Dask cluster when asked; each finished job is stored at
-once, so an interrupted run resumes where it stopped.
+once, so an interrupted run resumes where it stopped. ``--run-timeout`` stops any run that
+takes longer and records it as failed (see :func:`l2lbench.runner.time_limit` for how).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from .argtypes import csv_list, positive_int
-from .errors import UsageError
+from .errors import RunError, UsageError
 
 WORKERS_ENV = "L2LBENCH_WORKERS"
 
@@ -23,6 +25,16 @@ def _workers(value: str) -> int:
     from .parallel import available_cores
 
     return available_cores() if value == "auto" else positive_int(value)
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"invalid value {value!r} (expected a positive number of seconds)")
+    return seconds
 
 
 def _assignment(value: str) -> tuple[str, str]:
@@ -47,6 +59,8 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
                      help=f"worker processes (default: ${WORKERS_ENV}, else auto = one per core)")
     run.add_argument("--backend", default="loky", help="loky (processes on this machine) or dask (a cluster)")
     run.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address for --backend dask")
+    run.add_argument("--run-timeout", type=_seconds, metavar="SECONDS",
+                     help="stop any run that takes longer and record it as failed (default: no limit)")
     run.add_argument("--verbose", "-v", action="store_true", help="print one line per finished job")
     run.add_argument("--checkpoint", action="append", default=[], type=_assignment, metavar="NAME=PATH",
                      help="meta-test learned optimiser NAME with the meta-parameters in PATH (repeatable)")
@@ -65,6 +79,14 @@ def _default_workers() -> int:
 
 
 def run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callable[[str], None] = print) -> int:
+    try:
+        return _run(args, registry=registry, data_dir=data_dir, say=say)
+    except OSError as exc:  # e.g. a full disk or a folder that vanished, outside the store
+        where = f": {exc.filename}" if exc.filename else ""
+        raise RunError(f"{exc.strerror or exc}{where} (finished runs are stored; run the same command to resume)") from exc
+
+
+def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callable[[str], None]) -> int:
     import dataclasses
 
     from tqdm import tqdm
@@ -110,6 +132,7 @@ def run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callabl
     say(
         f"suite {suite.name}: {len(tasks)} tasks x {len(optimizers)} optimizers x {seeds} seeds; "
         f"{skipped} runs already stored (skipped), {total} to run {executor.describe()}"
+        + (f", at most {args.run_timeout:g}s per run" if args.run_timeout else "")
     )
     plugins = tuple(args.plugin)
     jobs = with_meta_training(jobs, results_dir=Path(args.results), data_dir=data_dir, device=device,
@@ -122,7 +145,7 @@ def run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callabl
                 bar.write(f"{job.label}: {states} ({sum(r.wall_time_s for r in records):.1f}s)")
 
         summary = run_jobs(jobs, store, data_dir=data_dir, device=device, vectorize=not args.no_batch,
-                           executor=executor, plugins=plugins, on_job_done=done)
+                           executor=executor, plugins=plugins, on_job_done=done, run_timeout=args.run_timeout)
     say(
         f"done: {summary.ok} ok, {summary.diverged} diverged, {len(summary.failed)} failed, "
         f"{skipped} skipped; results in {store.path}"

@@ -3,22 +3,40 @@
 A *job* is one (task, optimiser) pair and the seeds still missing for it; its seeds run
 batched when the optimiser allows. Every job's runs are written in one transaction as
 soon as the job ends, so an interrupted suite keeps everything finished before the
-interruption and a re-run computes only what is missing. A plug-in that raises is
-recorded as failed runs (with its message) and the suite goes on.
+interruption and a re-run computes only what is missing. A plug-in that raises, returns
+parameters of the wrong names, shapes or dtypes, fails to meta-train, or runs past the
+per-run time limit is recorded as failed runs (with the reason) and the suite goes on.
+
+The time limit (``run_timeout``, ``--run-timeout``) interrupts the run where it runs, see
+:func:`time_limit`: a SIGALRM timer when the job runs in the main thread of a process (in
+this process, or in a loky worker process), an asynchronous exception when it runs in
+another thread (a Dask worker). Both stop Python code, and the timer also stops blocking
+calls such as ``time.sleep``; a call that never returns from C code cannot be stopped
+this way. The alternative, one process per job killed at the deadline, would stop
+anything but costs a process start (and a torch import) per job and cannot run on the
+Dask workers' threads; plug-ins are Python, so the signal is the better trade.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
+import itertools
+import math
+import signal
+import sys
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
-from .errors import L2LBenchError, UsageError
+from .errors import L2LBenchError, PluginError, UsageError
 from .learned.cache import build_for_meta_test, ensure_meta_trained
 from .learner import FunctionalLearner
 from .optim.base import capability
@@ -37,6 +55,9 @@ class RunJob:
     task: TaskSpec
     optimizer: ResolvedOptimizer
     seeds: tuple[int, ...]
+    # Why the job cannot run (e.g. its learned optimiser failed to meta-train): its runs
+    # are then recorded as failed with this reason, without running anything.
+    failure: str | None = None
 
     @property
     def label(self) -> str:
@@ -50,6 +71,146 @@ class RunSummary:
     ok: int = 0
     diverged: int = 0
     failed: list[str] = field(default_factory=list)  # one line per failed run
+
+
+class RunTimeout(BaseException):
+    """Raised inside a run that exceeded its time limit.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that neither a plug-in's nor the
+    runner's ``except Exception`` swallows it.
+    """
+
+
+def timeout_reason(seconds: float) -> str:
+    """The error recorded for a run stopped by the time limit."""
+    return f"exceeded --run-timeout {seconds:g}s"
+
+
+IMPORT_GRACE_S = 0.05  # an interrupt that finds an import in progress retries this much later
+
+
+def _importing(frame: Any) -> bool:
+    """Whether ``frame`` runs inside an import: interrupting one would leave a module
+    half-initialised for the rest of the process (torch imports much lazily)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`RunTimeout` in the calling thread once ``seconds`` of wall time pass.
+
+    In the main thread: a ``SIGALRM`` timer (``setitimer``), which interrupts Python code
+    and blocking calls (sleep, I/O, lock waits); the previous handler and timer come
+    back afterwards. In any other thread: an asynchronous exception, which interrupts
+    Python code at its next bytecode (a blocking call first has to return). An import in
+    progress is not interrupted (it would stay broken for the whole process): the
+    interrupt waits for it to end, for at most ``seconds`` more. ``None`` means no limit.
+
+    Example:
+        >>> with time_limit(5.0):
+        ...     total = sum(range(1000))
+    """
+    if seconds is None:
+        yield
+        return
+    give_up_waiting = time.monotonic() + 2 * seconds
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+        active = [True]
+
+        def on_alarm(signum: int, frame: Any) -> None:
+            if not active[0]:
+                return  # the run ended as the timer fired
+            if _importing(frame) and time.monotonic() < give_up_waiting:
+                signal.setitimer(signal.ITIMER_REAL, IMPORT_GRACE_S)
+                return
+            raise RunTimeout(seconds)
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        outer_delay, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            active[0] = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            if outer_delay:  # someone else's timer was running: let it go on
+                signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - start), 1e-3))
+        return
+    target, lock, armed, timers = threading.get_ident(), threading.Lock(), [True], []
+
+    def interrupt() -> None:
+        with lock:
+            if not armed[0]:
+                return
+            if _importing(sys._current_frames().get(target)) and time.monotonic() < give_up_waiting:
+                arm(IMPORT_GRACE_S)
+                return
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(RunTimeout))
+
+    def arm(delay: float) -> None:
+        timer = threading.Timer(delay, interrupt)
+        timer.daemon = True
+        timers.append(timer)
+        timer.start()
+
+    arm(seconds)
+    try:
+        yield
+    finally:
+        with lock:
+            armed[0] = False
+            for timer in timers:
+                timer.cancel()
+
+
+@functools.lru_cache(maxsize=1)
+def _warm_up() -> None:
+    """Import what torch.func imports on first use (a second or more), so that it is not
+    counted against, or cut short by, the first run's time limit."""
+    from torch.func import grad_and_value, vmap
+
+    vmap(grad_and_value(lambda v: (v * v).sum()), randomness="error")(torch.zeros(2, 1))
+
+
+class _Checked:
+    """A plug-in whose ``update`` must give back parameters named, shaped and typed like
+    the ones it got: a wrong shape could otherwise broadcast into silent nonsense."""
+
+    def __init__(self, optimizer: Any, name: str) -> None:
+        self._optimizer, self._name = optimizer, name
+
+    def __getattr__(self, attribute: str) -> Any:  # capability flags, meta-parameters, ...
+        return getattr(self._optimizer, attribute)
+
+    def init(self, *args: Any, **kwargs: Any) -> Any:
+        return self._optimizer.init(*args, **kwargs)
+
+    def update(self, grads: Any, state: Any, params: Mapping[str, torch.Tensor], context: Any) -> Any:
+        result = self._optimizer.update(grads, state, params, context)
+        if not isinstance(result, tuple) or len(result) != 2:
+            raise PluginError(
+                f"optimizer {self._name!r}: update returned {type(result).__name__}, expected a pair (new_params, new_state)"
+            )
+        new = result[0]
+        if not isinstance(new, Mapping) or set(new) != set(params):
+            got = sorted(new) if isinstance(new, Mapping) else type(new).__name__
+            raise PluginError(
+                f"optimizer {self._name!r}: update returned parameters {got}, expected {sorted(params)}"
+            )
+        for key, old in params.items():
+            value = new[key]
+            if not isinstance(value, torch.Tensor) or value.shape != old.shape or value.dtype != old.dtype:
+                got = f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
+                raise PluginError(
+                    f"optimizer {self._name!r}: update returned parameter {key!r} as {got}, "
+                    f"expected {tuple(old.shape)} {old.dtype}"
+                )
+        return result
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,39 +280,80 @@ def with_meta_training(
         if job.optimizer.hash not in needed and job.optimizer.checkpoint is None and _is_learned(job.optimizer):
             needed[job.optimizer.hash] = job.optimizer
     ready: dict[str, ResolvedOptimizer] = {}
+    failures: dict[str, str] = {}
     if executor.in_process:
         for key, optimizer in needed.items():
-            ready[key] = ensure_meta_trained(optimizer, results_dir=results_dir, data_dir=data_dir, device=device, log=log)
+            try:
+                ready[key] = ensure_meta_trained(optimizer, results_dir=results_dir, data_dir=data_dir, device=device, log=log)
+            except L2LBenchError:
+                raise  # bad input (no meta-training config, unwritable cache): stop, exit 2
+            except Exception as exc:  # the plug-in's fault: its runs fail, the others go on
+                failures[key] = f"meta-training failed: {_describe(exc)}"
     else:
         items = [(key, PortableOptimizer.of(o)) for key, o in needed.items()]
-        for (key, _), (path, lines) in executor.map(_meta_train_in_worker, items, plugins, results_dir, data_dir, str(device)):
+        for (key, _), (path, lines, failure) in executor.map(
+            _meta_train_in_worker, items, plugins, results_dir, data_dir, str(device)
+        ):
             for line in lines:
                 log(line)
-            ready[key] = dataclasses.replace(needed[key], checkpoint=path)
-    return [dataclasses.replace(job, optimizer=ready.get(job.optimizer.hash, job.optimizer)) for job in jobs]
+            if failure is None:
+                ready[key] = dataclasses.replace(needed[key], checkpoint=path)
+            else:
+                failures[key] = failure
+    for key, failure in failures.items():
+        log(f"{needed[key].name}: {failure}; its runs are recorded as failed")
+    return [
+        dataclasses.replace(job, optimizer=ready.get(job.optimizer.hash, job.optimizer), failure=failures.get(job.optimizer.hash))
+        for job in jobs
+    ]
 
 
 def _meta_train_in_worker(
     item: tuple[str, PortableOptimizer], plugins: tuple[str, ...], results_dir: Path, data_dir: Path, device: str
-) -> tuple[Path, list[str]]:
+) -> tuple[Path | None, list[str], str | None]:
     lines: list[str] = []
     optimizer = item[1].resolve(plugins)
-    ready = ensure_meta_trained(
-        optimizer, results_dir=results_dir, data_dir=data_dir, device=torch.device(device), progress=False, log=lines.append
-    )
-    return ready.checkpoint, lines
+    try:
+        ready = ensure_meta_trained(
+            optimizer, results_dir=results_dir, data_dir=data_dir, device=torch.device(device), progress=False,
+            log=lines.append,
+        )
+    except L2LBenchError:
+        raise
+    except Exception as exc:
+        return None, lines, f"meta-training failed: {_describe(exc)}"
+    return ready.checkpoint, lines, None
 
 
-def execute_job(job: RunJob, *, data_dir: Path, device: torch.device, vectorize: bool = True) -> list[RunRecord]:
-    """Run one job; never raises for a plug-in's fault (that becomes failed records)."""
+def execute_job(
+    job: RunJob, *, data_dir: Path, device: torch.device, vectorize: bool = True, run_timeout: float | None = None
+) -> list[RunRecord]:
+    """Run one job; never raises for a plug-in's fault (that becomes failed records).
+
+    Args:
+        run_timeout: wall-clock seconds each run may take (``None``: no limit). Building
+            the optimiser gets this much too; seeds batched together get this much each.
+            A run past its limit is stopped (see :func:`time_limit`) and recorded as
+            failed with the reason ``exceeded --run-timeout Ns``.
+    """
     info = provenance(device)
+    if job.failure is not None:
+        return [_failed(job, seed, job.failure, info) for seed in job.seeds]
+    if run_timeout is not None:
+        info["run_timeout_s"] = run_timeout
+        _warm_up()
     try:
         splits = job.task.dataset.load(data_dir)
         data = PreparedData.from_splits(splits, job.task, device)
         learner = FunctionalLearner(job.task.learner.build(job.task.dataset.input_shape, job.task.dataset.num_classes))
-        optimizer, meta_training = build_for_meta_test(job.optimizer, device)
+        with time_limit(run_timeout):
+            optimizer, meta_training = build_for_meta_test(job.optimizer, device)
+        optimizer = _Checked(optimizer, job.optimizer.name)
         if meta_training is not None:
             info["meta_training"] = meta_training
+    except RunTimeout:
+        reason = f"{timeout_reason(run_timeout)} (building the optimizer)"
+        return [_failed(job, seed, reason, info) for seed in job.seeds]
     except L2LBenchError as exc:
         return [_failed(job, seed, str(exc), info) for seed in job.seeds]
     except Exception as exc:
@@ -162,7 +364,11 @@ def execute_job(job: RunJob, *, data_dir: Path, device: torch.device, vectorize:
     if vectorize and len(remaining) > 1 and capability(optimizer, "batchable"):
         start = time.perf_counter()
         try:
-            outcomes = run_seeds(job.task, optimizer, learner, data, remaining, device=device, vectorize=True)
+            with time_limit(None if run_timeout is None else run_timeout * len(remaining)):
+                outcomes = run_seeds(job.task, optimizer, learner, data, remaining, device=device, vectorize=True)
+        except RunTimeout:
+            info = {**info, "execution": f"vmap over {len(remaining)} seeds"}
+            return [_failed(job, seed, timeout_reason(run_timeout), info) for seed in remaining]
         except Exception as exc:
             # Not every plug-in that claims to be batchable survives vmap; the seeds
             # then run one by one through the same step function.
@@ -175,7 +381,11 @@ def execute_job(job: RunJob, *, data_dir: Path, device: torch.device, vectorize:
     for seed in remaining:
         start = time.perf_counter()
         try:
-            (outcome,) = run_seeds(job.task, optimizer, learner, data, [seed], device=device, vectorize=False)
+            with time_limit(run_timeout):
+                (outcome,) = run_seeds(job.task, optimizer, learner, data, [seed], device=device, vectorize=False)
+        except RunTimeout:
+            records.append(_failed(job, seed, timeout_reason(run_timeout), info))
+            continue
         except Exception as exc:
             records.append(_failed(job, seed, _describe(exc), info, traceback.format_exc()))
             continue
@@ -193,18 +403,29 @@ def run_jobs(
     executor: Executor = Executor(),
     plugins: tuple[str, ...] = (),
     on_job_done: Callable[[RunJob, list[RunRecord]], None] | None = None,
+    run_timeout: float | None = None,
 ) -> RunSummary:
     """Execute ``jobs`` (in parallel when the executor has workers), storing each job's
-    runs in one transaction as soon as it ends, in this process only."""
+    runs in one transaction as soon as it ends, in this process only.
+
+    ``run_timeout`` limits every run's wall time (see :func:`execute_job`)."""
+    if run_timeout is not None and not (isinstance(run_timeout, (int, float)) and math.isfinite(run_timeout) and run_timeout > 0):
+        raise UsageError(f"invalid run timeout: {run_timeout!r} (expected a positive number of seconds)")
     summary = RunSummary(planned=sum(len(j.seeds) for j in jobs))
+    kwargs = dict(data_dir=data_dir, device=device, vectorize=vectorize, run_timeout=run_timeout)
     if executor.in_process:
-        results = ((job, execute_job(job, data_dir=data_dir, device=device, vectorize=vectorize)) for job in jobs)
+        results: Iterable[tuple[RunJob, list[RunRecord]]] = ((job, execute_job(job, **kwargs)) for job in jobs)
     else:
-        portable = [(i, PortableOptimizer.of(job.optimizer), job.task, job.seeds) for i, job in enumerate(jobs)]
-        results = (
+        failed = [(job, execute_job(job, **kwargs)) for job in jobs if job.failure is not None]
+        portable = [
+            (i, PortableOptimizer.of(job.optimizer), job.task, job.seeds) for i, job in enumerate(jobs) if job.failure is None
+        ]
+        results = itertools.chain(failed, (
             (jobs[item[0]], records)
-            for item, records in executor.map(_execute_in_worker, portable, plugins, data_dir, str(device), vectorize)
-        )
+            for item, records in executor.map(
+                _execute_in_worker, portable, plugins, data_dir, str(device), vectorize, run_timeout
+            )
+        ))
     for job, records in results:
         store.put(records)
         for record in records:
@@ -225,10 +446,11 @@ def _execute_in_worker(
     data_dir: Path,
     device: str,
     vectorize: bool,
+    run_timeout: float | None = None,
 ) -> list[RunRecord]:
     _, optimizer, task, seeds = item
     job = RunJob(task, optimizer.resolve(plugins), seeds)
-    return execute_job(job, data_dir=data_dir, device=torch.device(device), vectorize=vectorize)
+    return execute_job(job, data_dir=data_dir, device=torch.device(device), vectorize=vectorize, run_timeout=run_timeout)
 
 
 def suite_runs(

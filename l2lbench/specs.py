@@ -84,7 +84,7 @@ def build_spec(
     if not isinstance(config, Mapping):
         raise ConfigError(f"invalid {what}: expected a table like {{{key} = ...}}, got {config!r}")
     kind = config.get(key)
-    if kind not in registry:
+    if not isinstance(kind, str) or kind not in registry:
         raise ConfigError(
             f"unknown {what} {kind!r}; expected one of: {', '.join(sorted(registry))}"
         )

@@ -4,7 +4,13 @@ One row per run, keyed by (task hash, optimiser config hash, seed). A batch of r
 written in one transaction, so a run is stored whole or not at all; a completed run is
 never overwritten (no duplicates when two processes race), while a failed run is replaced
 by a later successful attempt. The schema version lives in ``PRAGMA user_version``; a
-store written by another version is refused with a message, never misread.
+store written by an older version is migrated (``MIGRATIONS``) or refused, one written by
+a newer version or with other columns is refused, with a message: never misread.
+
+Several processes may share a store: WAL lets readers run beside the writer, every write
+takes the write lock up front (``BEGIN IMMEDIATE``) and waits up to ``BUSY_TIMEOUT_S`` for
+it, so two ``l2lbench run`` on one results folder queue their writes instead of failing
+with "database is locked".
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from .errors import RunError, UsageError
 
 SCHEMA_VERSION = 1
 DB_FILENAME = "l2lbench.sqlite"
+BUSY_TIMEOUT_S = 60  # how long a write waits for another process's transaction to end
 FINISHED = ("ok", "diverged")  # statuses a re-run skips; "failed" runs are retried
 
 _SCHEMA = """
@@ -53,6 +60,12 @@ _COLUMNS = (
     "optimizer_config", "status", "diverged_step", "error", "train_loss", "eval_steps",
     "test_loss", "test_accuracy", "wall_time_s", "provenance", "created_at",
 )
+
+
+# Migrations of older stores, each from version ``n`` to ``n + 1``, run in the opening
+# transaction (all or nothing). Version 1 is the first, so there are none yet; a store of
+# a version with no path here to SCHEMA_VERSION is refused.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
 
 
 def _encode_curve(values: Sequence[float]) -> str:
@@ -133,39 +146,87 @@ class ResultsStore:
         self.path = self.folder / DB_FILENAME
         try:
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below).
-            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise self._error("cannot be opened", exc) from None
+        try:
             self._db.row_factory = sqlite3.Row
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=60000")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise RunError(f"results store {str(self.path)!r} cannot be opened: {exc}") from None
+        except BaseException as exc:
+            self._db.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise self._error("cannot be opened", exc) from None
+            raise
+
+    def _error(self, doing: str, exc: sqlite3.Error) -> Exception:
+        """One line for an SQLite failure: bad input (exit 2) or a runtime failure (exit 1)."""
+        name = getattr(exc, "sqlite_errorname", "")
+        where = f"results store {str(self.path)!r}"
+        if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")):
+            return UsageError(f"{where} {doing}: {exc} (expected a results folder you can write to)")
+        if name.startswith("SQLITE_FULL"):
+            return RunError(f"{where} {doing}: {exc} (free some space, then run the same command again: finished runs are kept)")
+        return RunError(f"{where} {doing}: {exc}")
 
     def _migrate(self) -> None:
-        # Checked inside an IMMEDIATE transaction so two processes creating the same
-        # store at once cannot both create it.
+        # Checked inside an IMMEDIATE transaction so two processes creating or migrating
+        # the same store at once cannot both do it.
         self._db.execute("BEGIN IMMEDIATE")
         try:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if version == 0:
-                tables = self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+                if "runs" in tables:
+                    raise RunError(
+                        f"results store {str(self.path)!r} has a runs table but no schema version "
+                        f"(user_version 0): not written by l2lbench, or by a version before {SCHEMA_VERSION}; "
+                        "refusing to read it (use another --results folder)"
+                    )
                 if tables:
                     raise RunError(f"{str(self.path)!r} is not an l2lbench results store (it has other tables)")
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
+            elif version > SCHEMA_VERSION:
                 raise RunError(
                     f"results store {str(self.path)!r} has schema version {version}; this l2lbench reads "
-                    f"version {SCHEMA_VERSION} (use a matching l2lbench or another --results folder)"
+                    f"version {SCHEMA_VERSION} (a newer l2lbench wrote it: upgrade, or use another --results folder)"
                 )
+            elif version < SCHEMA_VERSION:
+                if any(v not in MIGRATIONS for v in range(version, SCHEMA_VERSION)):
+                    raise RunError(
+                        f"results store {str(self.path)!r} has schema version {version}; this l2lbench reads "
+                        f"version {SCHEMA_VERSION} and cannot migrate it (use a matching l2lbench or another "
+                        "--results folder)"
+                    )
+                for v in range(version, SCHEMA_VERSION):
+                    MIGRATIONS[v](self._db)
+                    self._db.execute(f"PRAGMA user_version = {v + 1}")
+            self._check_columns()
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+
+    def _check_columns(self) -> None:
+        """Refuse a store whose runs table lacks a column (or has unknown ones): reading it
+        would misplace values."""
+        columns = [row["name"] for row in self._db.execute("PRAGMA table_info(runs)")]
+        missing = [c for c in _COLUMNS if c not in columns]
+        extra = [c for c in columns if c not in _COLUMNS]
+        if missing or extra:
+            problems = ([f"missing column(s) {', '.join(missing)}"] if missing else []) + (
+                [f"unknown column(s) {', '.join(extra)}"] if extra else []
+            )
+            raise RunError(
+                f"results store {str(self.path)!r} claims schema version {SCHEMA_VERSION} but its runs table has "
+                f"{' and '.join(problems)}; refusing to read it (use another --results folder)"
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -178,10 +239,13 @@ class ResultsStore:
 
     def finished_seeds(self, task_hash: str, optimizer_hash: str) -> set[int]:
         """Seeds of this pair already stored as ok or diverged (a re-run skips them)."""
-        rows = self._db.execute(
-            "SELECT seed FROM runs WHERE task_hash = ? AND optimizer_hash = ? AND status IN (?, ?)",
-            (task_hash, optimizer_hash, *FINISHED),
-        )
+        try:
+            rows = self._db.execute(
+                "SELECT seed FROM runs WHERE task_hash = ? AND optimizer_hash = ? AND status IN (?, ?)",
+                (task_hash, optimizer_hash, *FINISHED),
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._error("cannot be read", exc) from None
         return {row[0] for row in rows}
 
     def put(self, records: Iterable[RunRecord]) -> int:
@@ -208,10 +272,14 @@ class ResultsStore:
                 written = self._db.total_changes - before
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite rolls back by itself on some errors (e.g. a full disk).
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-        except sqlite3.OperationalError as exc:
-            raise RunError(f"cannot write to results store {str(self.path)!r}: {exc}") from None
+        except sqlite3.IntegrityError:
+            raise  # a record that violates the schema: a bug, not an input or a machine problem
+        except sqlite3.DatabaseError as exc:
+            raise self._error("cannot be written", exc) from None
         return written
 
     def runs(
@@ -229,8 +297,23 @@ class ResultsStore:
                 clauses.append(f"{column} IN ({', '.join('?' for _ in values)})" if values else "0")
                 params += values
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._db.execute(f"SELECT * FROM runs {where} ORDER BY task_name, optimizer_name, seed", params)
-        return [RunRecord._from_row(row) for row in rows]
+        try:
+            rows = self._db.execute(f"SELECT * FROM runs {where} ORDER BY task_name, optimizer_name, seed", params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._error("cannot be read", exc) from None
+        records = []
+        for row in rows:
+            try:
+                records.append(RunRecord._from_row(row))
+            except (ValueError, TypeError, KeyError) as exc:  # JSON that is not ours
+                raise RunError(
+                    f"results store {str(self.path)!r} has a malformed run ({row['optimizer_name']} on "
+                    f"{row['task_name']}, seed {row['seed']}): {type(exc).__name__}: {exc}"
+                ) from None
+        return records
 
     def count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        try:
+            return self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise self._error("cannot be read", exc) from None

@@ -163,6 +163,9 @@ def _build(data: Mapping[str, Any], name: str, source: str) -> Suite:
             raise ConfigError(f"task #{i + 1} ({spec.name}) is listed twice")
         specs.append(spec)
     opt_specs = tuple(OptimizerSpec.from_config(o) for o in optimizers)
+    for spec in opt_specs:
+        if not spec.entry.strip():
+            raise ConfigError(f"invalid optimizer {spec.entry!r} (expected a registered name like \"adam\")")
     meta_training = data.get("meta_training")
     if meta_training is not None and not isinstance(meta_training, Mapping):
         raise ConfigError(f"invalid meta_training: {meta_training!r} (expected a table)")

@@ -1,6 +1,14 @@
-"""Test plug-ins, importable as a module: a recorder, a NaN injector, failing ones."""
+"""Test plug-ins, importable as a module: a recorder, a NaN injector, failing ones.
+
+Some fail on purpose in every way a plug-in can (raise in the factory, at init, at update,
+return the wrong shape, hang, fail to meta-train): a run with ``--plugin`` on this file
+should name its ``--optimizers``, or it runs them all (and ``hangs`` sleeps for an hour
+unless ``--run-timeout`` stops it).
+"""
 
 from __future__ import annotations
+
+import time
 
 
 RECORDED: list[tuple] = []
@@ -45,6 +53,69 @@ class RaisesOnUpdate:
         raise RuntimeError("plug-in exploded at update")
 
 
+class RaisesOnInit:
+    def init(self, params, *, generator=None):
+        raise RuntimeError("plug-in exploded at init")
+
+    def update(self, grads, state, params, context):
+        return params, state
+
+
+def fails_to_construct(lr: float = 0.1):
+    """Its factory raises (a plug-in whose constructor is broken)."""
+    raise RuntimeError("plug-in exploded in its constructor")
+
+
+class WrongShape:
+    """Returns every bias as a row, (n,) -> (1, n): it would broadcast, silently."""
+
+    def init(self, params, *, generator=None):
+        return ()
+
+    def update(self, grads, state, params, context):
+        new = {k: p - 0.01 * grads[k] for k, p in params.items()}
+        return {k: v.unsqueeze(0) if v.dim() == 1 else v for k, v in new.items()}, state
+
+
+class Hangs:
+    """Plain SGD that stops responding at step ``at``: sleeping, or spinning in Python."""
+
+    def __init__(self, at: int = 2, how: str = "sleep"):
+        self.at, self.how = at, how
+
+    def init(self, params, *, generator=None):
+        return ()
+
+    def update(self, grads, state, params, context):
+        if context.step == self.at:
+            if self.how == "sleep":
+                time.sleep(3600)
+            while True:
+                try:  # a plug-in that swallows exceptions must still be stoppable
+                    pass
+                except Exception:
+                    pass
+        return {k: p - 0.01 * grads[k] for k, p in params.items()}, state
+
+
+class FailsToMetaTrain:
+    """A learned plug-in whose meta-initialisation raises."""
+
+    learned = True
+
+    def init_meta(self, *, generator=None):
+        raise RuntimeError("cannot meta-train")
+
+    def with_meta(self, module):
+        return self
+
+    def init(self, params, *, generator=None):
+        return ()
+
+    def update(self, grads, state, params, context):
+        return params, state
+
+
 def recorder(lr: float = 0.1) -> Recorder:
     """Records batches (tests only)."""
     return Recorder(lr)
@@ -54,4 +125,9 @@ OPTIMIZERS = {
     "recorder": recorder,
     "nan-at": NaNAt,
     "raises": RaisesOnUpdate,
+    "raises-on-init": RaisesOnInit,
+    "fails-to-construct": fails_to_construct,
+    "wrong-shape": WrongShape,
+    "hangs": Hangs,
+    "fails-to-meta-train": FailsToMetaTrain,
 }
