@@ -73,6 +73,11 @@ class RunSummary:
     failed: list[str] = field(default_factory=list)  # one line per failed run
 
 
+# What a plug-in may raise without ending the benchmark: any error, and sys.exit() too.
+# KeyboardInterrupt (Ctrl-C) and RunTimeout are handled apart.
+_PLUGIN_FAULTS = (Exception, SystemExit)
+
+
 class RunTimeout(BaseException):
     """Raised inside a run that exceeded its time limit.
 
@@ -287,7 +292,7 @@ def with_meta_training(
                 ready[key] = ensure_meta_trained(optimizer, results_dir=results_dir, data_dir=data_dir, device=device, log=log)
             except L2LBenchError:
                 raise  # bad input (no meta-training config, unwritable cache): stop, exit 2
-            except Exception as exc:  # the plug-in's fault: its runs fail, the others go on
+            except _PLUGIN_FAULTS as exc:  # the plug-in's fault: its runs fail, the others go on
                 failures[key] = f"meta-training failed: {_describe(exc)}"
     else:
         items = [(key, PortableOptimizer.of(o)) for key, o in needed.items()]
@@ -320,7 +325,7 @@ def _meta_train_in_worker(
         )
     except L2LBenchError:
         raise
-    except Exception as exc:
+    except _PLUGIN_FAULTS as exc:
         return None, lines, f"meta-training failed: {_describe(exc)}"
     return ready.checkpoint, lines, None
 
@@ -356,7 +361,7 @@ def execute_job(
         return [_failed(job, seed, reason, info) for seed in job.seeds]
     except L2LBenchError as exc:
         return [_failed(job, seed, str(exc), info) for seed in job.seeds]
-    except Exception as exc:
+    except _PLUGIN_FAULTS as exc:
         return [_failed(job, seed, _describe(exc), info, traceback.format_exc()) for seed in job.seeds]
 
     records: list[RunRecord] = []
@@ -369,7 +374,7 @@ def execute_job(
         except RunTimeout:
             info = {**info, "execution": f"vmap over {len(remaining)} seeds"}
             return [_failed(job, seed, timeout_reason(run_timeout), info) for seed in remaining]
-        except Exception as exc:
+        except _PLUGIN_FAULTS as exc:
             # Not every plug-in that claims to be batchable survives vmap; the seeds
             # then run one by one through the same step function.
             info = {**info, "execution": f"per seed (batched run failed: {_describe(exc)})"}
@@ -386,7 +391,7 @@ def execute_job(
         except RunTimeout:
             records.append(_failed(job, seed, timeout_reason(run_timeout), info))
             continue
-        except Exception as exc:
+        except _PLUGIN_FAULTS as exc:
             records.append(_failed(job, seed, _describe(exc), info, traceback.format_exc()))
             continue
         records.append(_record(job, outcome, time.perf_counter() - start, info))
@@ -485,7 +490,7 @@ def suite_runs(
 def _is_learned(optimizer: ResolvedOptimizer) -> bool:
     try:
         return optimizer.learned
-    except Exception:  # a plug-in that fails to construct is recorded as failed runs later
+    except _PLUGIN_FAULTS:  # a plug-in that fails to construct is recorded as failed runs later
         return False
 
 

@@ -98,6 +98,16 @@ class Hangs:
         return {k: p - 0.01 * grads[k] for k, p in params.items()}, state
 
 
+class Exits:
+    """Calls sys.exit() in update: that must end its own runs, not the benchmark."""
+
+    def init(self, params, *, generator=None):
+        return ()
+
+    def update(self, grads, state, params, context):
+        raise SystemExit(3)
+
+
 class FailsToMetaTrain:
     """A learned plug-in whose meta-initialisation raises."""
 
@@ -129,5 +139,6 @@ OPTIMIZERS = {
     "fails-to-construct": fails_to_construct,
     "wrong-shape": WrongShape,
     "hangs": Hangs,
+    "exits": Exits,
     "fails-to-meta-train": FailsToMetaTrain,
 }

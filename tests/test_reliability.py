@@ -36,7 +36,7 @@ seeds = 2
 optimizers = [
     {{ entry = "hangs", how = "sleep", name = "hangs-sleep" }},
     {{ entry = "hangs", how = "spin", name = "hangs-spin" }},
-    "raises", "raises-on-init", "fails-to-construct", "wrong-shape", "nan-at", "sgd",
+    "raises", "raises-on-init", "fails-to-construct", "wrong-shape", "exits", "nan-at", "sgd",
 ]
 
 [defaults]
@@ -78,7 +78,7 @@ def faulty_suite(tmp_path):
 
 def test_every_faulty_plugin_is_a_failed_run_with_its_reason_and_the_rest_finish(faulty_suite, tmp_path, capsys):
     results = tmp_path / "r"
-    names = "hangs-sleep,hangs-spin,raises,raises-on-init,fails-to-construct,wrong-shape,nan-at,sgd"
+    names = "hangs-sleep,hangs-spin,raises,raises-on-init,fails-to-construct,wrong-shape,exits,nan-at,sgd"
     start = time.monotonic()
     code, out, err = _cli(capsys, "run", "--suite", faulty_suite(), "--results", str(results), "--plugin", PLUGINS,
                           "--plugin", BROKEN_IMPORT, "--optimizers", names, "--run-timeout", "1")
@@ -86,10 +86,10 @@ def test_every_faulty_plugin_is_a_failed_run_with_its_reason_and_the_rest_finish
     # Two hung jobs of two batched seeds: at most 2 x 1 s each, then the rest went on.
     assert time.monotonic() - start < 60
     assert f"warning: plug-in {BROKEN_IMPORT!r} failed to import: RuntimeError: plug-in exploded at import" in err
-    assert "at most 1s per run" in out and "done: 2 ok, 2 diverged, 12 failed" in out
+    assert "at most 1s per run" in out and "done: 2 ok, 2 diverged, 14 failed" in out
     assert "Traceback" not in err
     runs = {(r.optimizer_name, r.seed): r for r in ResultsStore(results).runs()}
-    assert len(runs) == 16
+    assert len(runs) == 18
     reasons = {name: {runs[name, s].error for s in (0, 1)} for name, _ in runs}
     assert reasons["hangs-sleep"] == reasons["hangs-spin"] == {"exceeded --run-timeout 1s"}
     assert reasons["raises"] == {"RuntimeError: plug-in exploded at update"}
@@ -99,12 +99,13 @@ def test_every_faulty_plugin_is_a_failed_run_with_its_reason_and_the_rest_finish
     (shape,) = reasons["wrong-shape"]
     assert shape.startswith("PluginError: optimizer 'wrong-shape': update returned parameter")
     assert "as (1, 8) torch.float32, expected (8,) torch.float32" in shape
+    assert reasons["exits"] == {"SystemExit: 3"}
     assert {runs["nan-at", s].status for s in (0, 1)} == {"diverged"}
     # The runs after the interrupted ones, in the same process, are untouched.
     assert {runs["sgd", s].status for s in (0, 1)} == {"ok"} and len(runs["sgd", 0].train_loss) == 6
     for line in err.splitlines():
         assert line.startswith("l2lbench: "), line
-    assert err.count("l2lbench: failed: ") == 12
+    assert err.count("l2lbench: failed: ") == 14
     # A re-run retries the failed runs only.
     code, out, _ = _cli(capsys, "run", "--suite", faulty_suite(), "--results", str(results), "--plugin", PLUGINS,
                         "--optimizers", "raises,sgd", "--run-timeout", "1")
