@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2lbench.errors import CheckpointError, UsageError
+from l2lbench.errors import CheckpointError, RunError, UsageError
 from l2lbench.learned.cache import build_for_meta_test, ensure_meta_trained, use_checkpoint_file
 from l2lbench.learned.checkpoint import SCHEMA_VERSION, Checkpoint, load_checkpoint, save_checkpoint
 from l2lbench.learned.spec import MetaTrainingSpec
@@ -60,7 +60,7 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("os.replace", crash)
-    with pytest.raises(UsageError, match="cannot write checkpoint .*No space left on device"):
+    with pytest.raises(RunError, match="cannot write checkpoint .*No space left on device"):
         save_checkpoint(_checkpoint(seed=9), path)
     assert path.read_bytes() == good  # the old checkpoint is intact
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]

@@ -121,3 +121,11 @@ def test_importing_the_package_has_no_side_effects():
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_plugin_calling_sys_exit_at_import_is_a_problem_not_an_exit(tmp_path):
+    plugin = tmp_path / "exits_at_import.py"
+    plugin.write_text("import sys\nsys.exit(3)\n")
+    registry = OptimizerRegistry.default([str(plugin)], entry_points=False)
+    assert len(registry.problems) == 1 and "SystemExit: 3" in registry.problems[0]
+    assert "sgd" in registry.names()

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError, UsageError
+from ..errors import CheckpointError, RunError
 from ..hashing import canonical_json
 
 FORMAT = "l2lbench-checkpoint"
@@ -138,8 +138,8 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path | str) -> Path:
             Path(tmp).unlink(missing_ok=True)
             raise
         _fsync_folder(path.parent)
-    except OSError as exc:
-        raise UsageError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+    except OSError as exc:  # a full disk or a lost mount: a runtime failure, not bad input
+        raise RunError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
     return path
 
 

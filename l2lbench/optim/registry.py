@@ -170,7 +170,7 @@ class OptimizerRegistry:
             source = f"entry point {ep.value!r}" + (f" of package {ep.dist.name!r}" if ep.dist else "")
             try:
                 factory = ep.load()
-            except Exception as exc:  # a broken third-party package must not stop the rest
+            except (Exception, SystemExit) as exc:  # a broken third-party package must not stop the rest
                 self.problems.append(f"plug-in {ep.name!r} ({source}) failed to import: {type(exc).__name__}: {exc}")
                 continue
             self.add(OptimizerEntry(ep.name, factory, source))
@@ -264,5 +264,5 @@ def _import_plugin_module(reference: str) -> Any:
         return importlib.import_module(reference)
     except PluginError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() at import must not end the benchmark
         raise PluginError(f"plug-in {reference!r} failed to import: {type(exc).__name__}: {exc}") from exc
