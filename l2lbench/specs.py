@@ -9,6 +9,7 @@ derived from fields by each spec class and are for people; hashes are for machin
 from __future__ import annotations
 
 import dataclasses
+from functools import cached_property
 from typing import Any, Mapping
 
 from .errors import ConfigError
@@ -36,6 +37,17 @@ def spec_config(spec: Any) -> dict[str, Any]:
 def spec_hash(spec: Any) -> str:
     """Content hash of ``spec_config(spec)``: equal specs hash equal, in any process."""
     return content_hash(spec_config(spec))
+
+
+class HashedSpec:
+    """Mixin for top-level specs: ``config()`` and a cached content ``hash``."""
+
+    @cached_property
+    def hash(self) -> str:
+        return spec_hash(self)
+
+    def config(self) -> dict[str, Any]:
+        return spec_config(self)
 
 
 def non_default_fields(spec: Any) -> dict[str, Any]:

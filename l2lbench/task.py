@@ -8,11 +8,10 @@ can never be mixed up.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, ClassVar, Mapping
 
 from .errors import ConfigError
-from .specs import spec_config, spec_hash
+from .specs import HashedSpec
 from .tasks.datasets import dataset_from_config
 from .tasks.learners import MLP, learner_from_config
 
@@ -23,7 +22,7 @@ def _positive_int(name: str, value: Any) -> None:
 
 
 @dataclass(frozen=True)
-class TaskSpec:
+class TaskSpec(HashedSpec):
     """Train ``learner`` on ``dataset`` for ``steps`` minibatch steps.
 
     Attributes:
@@ -65,13 +64,6 @@ class TaskSpec:
         if self.eval_examples is not None:
             parts.append(f"test{self.eval_examples}")
         return "-".join(parts)
-
-    @cached_property
-    def hash(self) -> str:
-        return spec_hash(self)
-
-    def config(self) -> dict[str, Any]:
-        return spec_config(self)
 
     def eval_steps(self) -> list[int]:
         """Steps after which the test set is evaluated: 0, k, 2k, ..., and the last step."""

@@ -17,11 +17,10 @@ In a suite file::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, ClassVar, Mapping
 
 from ..errors import ConfigError
-from ..specs import spec_config, spec_hash
+from ..specs import HashedSpec
 from ..task import TaskSpec
 
 DEFAULT_STEPS = 100  # S: the meta-training horizon of the paper
@@ -39,7 +38,7 @@ def _number(name: str, value: Any, *, positive: bool = True) -> None:
 
 
 @dataclass(frozen=True)
-class MetaTrainingSpec:
+class MetaTrainingSpec(HashedSpec):
     """Meta-train on ``tasks`` (alternated trial by trial) with truncated back-propagation.
 
     Attributes:
@@ -105,13 +104,6 @@ class MetaTrainingSpec:
         if self.seed:
             parts.append(f"seed{self.seed}")
         return "-".join(parts)
-
-    @cached_property
-    def hash(self) -> str:
-        return spec_hash(self)
-
-    def config(self) -> dict[str, Any]:
-        return spec_config(self)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "MetaTrainingSpec":
