@@ -4,7 +4,15 @@ Seeds are paired: seed index k of a task derives the same learner initialisation
 same minibatch order and the same optimiser generator for every optimiser (see
 :func:`run_seeds`). With a batchable optimiser the S seeds run as one computation,
 ``torch.func.vmap`` over the per-seed step; otherwise (or with ``vectorize=False``) they
-run one after another through the very same step function.
+run one after another, the learner's gradient taken by plain autograd (the same numbers
+as ``torch.func.grad`` without the cost of the transform).
+
+An optimiser whose update is cheapest seed by seed says so with a class attribute
+``update_per_seed = True`` (the LSTM optimisers: their per-coordinate working set is 80
+gate values, so S seeds under ``vmap`` turn one cache-sized product into an S times
+larger batched one). Its seeds still run as one batch, but only the learner's gradients
+are vmapped; ``update`` is then called once per seed, outside ``vmap``, with that seed's
+own generator, exactly as a seed run alone would call it (see :func:`execution_mode`).
 """
 
 from __future__ import annotations
@@ -84,6 +92,34 @@ def batch_schedule(num_examples: int, steps: int, batch_size: int, seed: int) ->
     return torch.cat(batches)[:steps]
 
 
+def execution_mode(optimizer: Any, seeds: int, *, vectorize: bool = True) -> str:
+    """How :func:`run_seeds` runs ``seeds`` seeds of ``optimizer``: ``"single"`` (one
+    seed), ``"vmap"`` (learner and update batched), ``"vmap learner, update per seed"``
+    (``update_per_seed`` optimisers) or ``"per seed"`` (not batchable, or
+    ``vectorize=False``)."""
+    if seeds == 1:
+        return "single"
+    if not (vectorize and capability(optimizer, "batchable")):
+        return "per seed"
+    return "vmap learner, update per seed" if _update_per_seed(optimizer) else "vmap"
+
+
+def _update_per_seed(optimizer: Any) -> bool:
+    return bool(getattr(optimizer, "update_per_seed", False))
+
+
+def evaluate(learner: FunctionalLearner, params: Params, data: PreparedData) -> tuple[Tensor, Tensor]:
+    """Mean test loss and accuracy of one seed's ``params``, in chunks of ``EVAL_CHUNK``."""
+    device = data.test_labels.device
+    total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+    for start in range(0, len(data.test_labels), EVAL_CHUNK):
+        stop = start + EVAL_CHUNK
+        loss, hits = learner.loss_and_correct(params, data.test_inputs[start:stop], data.test_labels[start:stop])
+        total_loss, correct = total_loss + loss, correct + hits
+    n = len(data.test_labels)
+    return total_loss / n, correct.float() / n
+
+
 def run_seeds(
     task: TaskSpec,
     optimizer: Any,
@@ -131,34 +167,24 @@ def _train(
         dim=1,
     ).to(device)  # (steps, S, B)
 
-    def per_seed_step(params: Params, state: Any, inputs: Tensor, labels: Tensor, step: int, generator):
-        grads, loss = grad_and_value(learner.loss)(params, inputs, labels)
-        context = StepContext(step=step, inputs=inputs, loss=loss, generator=generator)
-        new_params, new_state = optimizer.update(grads, state, params, context)
-        return new_params, new_state, loss
-
     def per_seed_eval(params: Params) -> tuple[Tensor, Tensor]:
-        total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device)
-        for start in range(0, len(data.test_labels), EVAL_CHUNK):
-            stop = start + EVAL_CHUNK
-            loss, hits = learner.loss_and_correct(params, data.test_inputs[start:stop], data.test_labels[start:stop])
-            total_loss, correct = total_loss + loss, correct + hits
-        n = len(data.test_labels)
-        return total_loss / n, correct.float() / n
+        return evaluate(learner, params, data)
 
+    step_fn: Callable
     if vectorized:
         params = tree_stack(inits)
-        state = tree_stack([optimizer.init(p, generator=g) for p, g in zip(inits, generators)])
-        # randomness="error": a plug-in that draws random numbers must say batchable=False.
-        step_fn: Callable = vmap(
-            lambda p, s, x, y, t: per_seed_step(p, s, x, y, t, None), in_dims=(0, 0, 0, 0, None), randomness="error"
-        )
         eval_fn: Callable = vmap(per_seed_eval)
         batch = lambda t: schedule[t]  # noqa: E731  (S, B)
+        if _update_per_seed(optimizer):
+            state = [optimizer.init(p, generator=g) for p, g in zip(inits, generators)]
+            step_fn = _update_per_seed_step(learner, optimizer, generators)
+        else:
+            state = tree_stack([optimizer.init(p, generator=g) for p, g in zip(inits, generators)])
+            step_fn = _vmapped_step(learner, optimizer)
     else:
         params = inits[0]
         state = optimizer.init(params, generator=generators[0])
-        step_fn = lambda p, s, x, y, t: per_seed_step(p, s, x, y, t, generators[0])  # noqa: E731
+        step_fn = _single_step(learner, optimizer, generators[0])
         eval_fn = per_seed_eval
         batch = lambda t: schedule[t, 0]  # noqa: E731  (B,)
 
@@ -170,7 +196,7 @@ def _train(
     evals_done, steps_done = 0, task.steps
 
     # Meta-test needs no graph through the optimiser: no_grad keeps memory flat over
-    # thousands of steps (torch.func.grad still differentiates the learner inside).
+    # thousands of steps (the step functions differentiate the learner inside).
     with torch.no_grad():
         for t in range(task.steps + 1):
             if t == eval_steps[evals_done]:
@@ -195,6 +221,52 @@ def _train(
         _outcome(seed, train_loss[:, i].tolist(), eval_steps[:evals_done], test_loss[:, i].tolist(), test_acc[:, i].tolist())
         for i, seed in enumerate(seeds)
     ]
+
+
+def _vmapped_step(learner: FunctionalLearner, optimizer: Any) -> Callable:
+    """The step of S stacked seeds, learner and update under one ``vmap``."""
+
+    def per_seed_step(params: Params, state: Any, inputs: Tensor, labels: Tensor, t: int):
+        grads, loss = grad_and_value(learner.loss)(params, inputs, labels)
+        new_params, new_state = optimizer.update(grads, state, params, StepContext(step=t, inputs=inputs, loss=loss))
+        return new_params, new_state, loss
+
+    # randomness="error": a plug-in that draws random numbers must say batchable=False.
+    return vmap(per_seed_step, in_dims=(0, 0, 0, 0, None), randomness="error")
+
+
+def _single_step(learner: FunctionalLearner, optimizer: Any, generator: torch.Generator) -> Callable:
+    """The step of one seed: the learner's gradient by plain autograd (the same numbers as
+    ``torch.func.grad``, without the cost of the transform, a third of a small MLP's step)."""
+
+    def step(params: Params, state: Any, inputs: Tensor, labels: Tensor, t: int):
+        with torch.enable_grad():
+            leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+            loss = learner.loss(leaves, inputs, labels)
+            grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+        loss = loss.detach()
+        new_params, new_state = optimizer.update(grads, state, params, StepContext(step=t, inputs=inputs, loss=loss, generator=generator))
+        return new_params, new_state, loss
+
+    return step
+
+
+def _update_per_seed_step(learner: FunctionalLearner, optimizer: Any, generators: list[torch.Generator]) -> Callable:
+    """The step of S stacked seeds: the learner's gradients vmapped, ``update`` per seed
+    (``states`` is the list of the seeds' own states)."""
+    grad_fn = vmap(grad_and_value(learner.loss), randomness="error")
+
+    def step(params: Params, states: list[Any], inputs: Tensor, labels: Tensor, t: int):
+        grads, loss = grad_fn(params, inputs, labels)
+        new_params, new_states = [], []
+        for s, state in enumerate(states):
+            context = StepContext(step=t, inputs=inputs[s], loss=loss[s], generator=generators[s])
+            p, state = optimizer.update({k: v[s] for k, v in grads.items()}, state, {k: v[s] for k, v in params.items()}, context)
+            new_params.append(p)
+            new_states.append(state)
+        return tree_stack(new_params), new_states, loss
+
+    return step
 
 
 def _outcome(seed: int, train: list[float], steps: list[int], test: list[float], acc: list[float]) -> SeedOutcome:

@@ -40,14 +40,17 @@ The running averages are per-run state, never module attributes.
 Because the synapses depend on the batch but not on the coordinate, each step first
 composes the small per-gate matrices (folding the Linear(2, hidden) into W_t) and then does
 one matrix product over all |theta| coordinates, instead of multiplying every coordinate
-through Q, diag and P^T separately; the result is the same to float rounding.
+through Q, diag and P^T separately; the result is the same to float rounding. The LSTM
+layers are the LSTM optimiser's fast forms (:mod:`l2lbench.optimizers.lstm`); at meta-test
+(autograd off, eval mode: no dropout) the four hypernetworks' first layers run as one
+product, and the batch mean is taken before their affine second layers.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,12 +60,12 @@ from l2lbench.optim.base import Params, StepContext
 from l2lbench.optim.learned import (
     LearnedOptimizer,
     flatten_coordinates,
-    preprocess_gradients,
+    gradient_features,
     uniform_,
     unflatten_coordinates,
 )
 from l2lbench.optim.validate import check_range
-from l2lbench.optimizers.lstm import lstm_layer
+from l2lbench.optimizers.lstm import lstm_layer_fused, lstm_layer_inplace
 
 FAMILIES = ("input1", "recurrent1", "input2", "recurrent2")
 GATES = 4
@@ -92,8 +95,9 @@ def _dropout(x: Tensor, rate: float, generator: torch.Generator | None) -> Tenso
     # F.dropout cannot take a generator; randomness must come from the run's generator.
     if generator is None or rate == 0.0:
         return x
-    keep = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) >= rate
-    return x * keep / (1.0 - rate)
+    # The mask is (u >= rate) / (1 - rate) for u ~ U(0, 1), built in place in one tensor.
+    scale = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).ge_(rate).mul_(1.0 / (1.0 - rate))
+    return x * scale
 
 
 class MTL2LMeta(nn.Module):
@@ -128,6 +132,10 @@ def svd_synapse(left: Tensor, diagonal: Tensor, right: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class MTL2L(LearnedOptimizer):
     """MTL2L (hyperparameters; meta-parameters bound via ``meta``)."""
+
+    # Batched seeds: the runner vmaps only the learner and calls ``update`` seed by seed
+    # (each seed has its own synapses, and one seed's gate matrix is working set enough).
+    update_per_seed: ClassVar[bool] = True
 
     hidden: int = 20
     context_features: int = 784
@@ -197,14 +205,32 @@ class MTL2L(LearnedOptimizer):
             )
         if module.training and generator is None:
             raise ValueError("mtl2l in training mode draws dropout masks: the step context needs a generator")
-        rates = self.dropout if module.training else (0.0, 0.0, 0.0)
-        raw = [module.hyper[name](x, rates, generator) for name in FAMILIES]
+        if module.training or torch.is_grad_enabled():
+            rates = self.dropout if module.training else (0.0, 0.0, 0.0)
+            raw = [module.hyper[name](x, rates, generator) for name in FAMILIES]
+        else:
+            raw = self._hypernetworks_without_dropout(x)
         m = self.smoothing
         return tuple(m * prev + (1 - m) * value for prev, value in zip(previous, raw))
 
+    def _hypernetworks_without_dropout(self, x: Tensor) -> list[Tensor]:
+        """The 4 hypernetworks at meta-test: their first layers as one product, and the
+        batch mean taken before the (affine) second layer, which equals the mean of its
+        outputs to float rounding."""
+        hypers = [self.module.hyper[name] for name in FAMILIES]
+        first_w = torch.cat([h.first.weight for h in hypers])
+        first_b = torch.cat([h.first.bias for h in hypers])
+        z = torch.addmm(first_b, x, first_w.t()).relu_().mean(dim=0)
+        parts = z.split([h.first.out_features for h in hypers])
+        return [torch.addmv(h.second.bias, h.second.weight, part) for h, part in zip(hypers, parts)]
+
     def update(self, grads: Params, state: MTL2LState, params: Params, context: StepContext) -> tuple[Params, MTL2LState]:
+        """One step: with autograd on (meta-training) the LSTM layers with their hand-written
+        backward, with autograd off (meta-test) the in-place ones; both equal the
+        straightforward implementation to float rounding (``tests/test_learned_optimizers.py``)."""
         module = self.module
         H = module.hidden
+        differentiable = torch.is_grad_enabled()
         smoothed = self.context_values(context.inputs, state.context, context.generator)
         input1, recurrent1 = F.relu(smoothed[0]), F.relu(smoothed[1])
         scale2, recurrent2 = smoothed[2], smoothed[3]
@@ -216,13 +242,17 @@ class MTL2L(LearnedOptimizer):
         # Layer 2 (one unit): per gate a learned H-vector scaled by N3, recurrent weight N4.
         weight2 = torch.cat([module.input2 * scale2, recurrent2.expand(GATES, 1)], dim=1)  # (gates, H + 1)
 
-        x = preprocess_gradients(flatten_coordinates(grads).to(module.embed.dtype), self.preprocess_p).movedim(-1, 0)
-        h1, c1 = lstm_layer(x, state.hidden[0], state.cell[0], weight1, module.bias1)
-        h2, c2 = lstm_layer(h1, state.hidden[1], state.cell[1], weight2, module.bias2)
+        grad = flatten_coordinates(grads).to(module.embed.dtype)
+        x, layer = gradient_features(grad, self.preprocess_p), lstm_layer_fused if differentiable else lstm_layer_inplace
+        h1, c1 = layer(x, state.hidden[0], state.cell[0], weight1, module.bias1)
+        h2, c2 = layer(h1, state.hidden[1], state.cell[1], weight2, module.bias2)
         flat = flatten_coordinates(params)
-        step = (self.output_scale * h2.squeeze(0)).to(flat.dtype)
+        if differentiable:
+            new_flat = flat + (self.output_scale * h2.squeeze(0)).to(flat.dtype)
+        else:
+            new_flat = torch.add(flat, h2.squeeze(0).to(flat.dtype), alpha=self.output_scale)
         new_state = MTL2LState(hidden=(h1, h2), cell=(c1, c2), context=smoothed)
-        return unflatten_coordinates(flat + step, params), new_state
+        return unflatten_coordinates(new_flat, params), new_state
 
 
 def mtl2l(

@@ -8,11 +8,16 @@ import math
 import pytest
 import torch
 
+from torch.func import vmap
+
 from l2lbench.errors import UsageError
+from l2lbench.learner import FunctionalLearner
 from l2lbench.optim.base import StepContext
-from l2lbench.optim.learned import bind_fresh, flatten_coordinates, preprocess_gradients
-from l2lbench.optimizers.lstm import LSTMOptimizer, lstm
+from l2lbench.optim.learned import bind_fresh, flatten_coordinates, preprocess_gradients, preprocess_rows
+from l2lbench.optimizers.lstm import LSTMOptimizer, lstm, lstm_layer, lstm_layer_fused, lstm_layer_inplace
 from l2lbench.optimizers.mtl2l import FAMILIES, mtl2l
+from l2lbench.task import TaskSpec
+from l2lbench.training import PreparedData, execution_mode, run_seeds
 
 
 @pytest.mark.parametrize(
@@ -200,8 +205,9 @@ def _reference_mtl2l_step(opt, grads, state, params, inputs):
     return flatten_coordinates(params) + 0.1 * h2.squeeze(1), smoothed
 
 
+@pytest.mark.parametrize("grad_enabled", [True, False], ids=["meta-training path", "meta-test path"])
 @pytest.mark.parametrize("smoothing", [0.9, 0.0])
-def test_mtl2l_matches_straightforward_implementation(smoothing):
+def test_mtl2l_matches_straightforward_implementation(smoothing, grad_enabled):
     opt = bind_fresh(mtl2l(smoothing=smoothing), seed=4)
     generator = torch.Generator().manual_seed(0)
     params = {"w": torch.randn(32, 784, generator=generator) * 0.05, "b": torch.zeros(32)}
@@ -210,7 +216,8 @@ def test_mtl2l_matches_straightforward_implementation(smoothing):
         inputs = torch.randn(16, 1, 28, 28, generator=generator)
         grads = {k: torch.randn(v.shape, generator=generator) * 0.01 for k, v in params.items()}
         expected, smoothed = _reference_mtl2l_step(opt, grads, state, params, inputs)
-        params, state = opt.update(grads, state, params, StepContext(t, inputs=inputs))
+        with torch.set_grad_enabled(grad_enabled):
+            params, state = opt.update(grads, state, params, StepContext(t, inputs=inputs))
         torch.testing.assert_close(flatten_coordinates(params), expected.detach(), atol=1e-5, rtol=1e-5)
         for got, want in zip(state.context, smoothed):
             torch.testing.assert_close(got, want.detach(), atol=1e-6, rtol=1e-5)
@@ -275,3 +282,145 @@ def test_learned_state_lives_in_state_not_module():
     assert isinstance(opt, LSTMOptimizer)
     assert not torch.equal(s2.hidden[0], s1.hidden[0])
     assert not any(isinstance(v, torch.Tensor) and 5 in v.shape for v in vars(opt.meta).values())
+
+
+# --- the fast paths against the straightforward ones ---------------------------------
+
+
+def test_preprocess_rows_matches_preprocess_gradients():
+    g = torch.tensor([0.0, 1.0, -1.0, math.exp(-10), -math.exp(-10), 1e-5, -2e-6, 1e-30, 100.0, -3e4])
+    g = torch.cat([g, torch.randn(1000, generator=torch.Generator().manual_seed(0)) * torch.logspace(-8, 2, 1000)])
+    for dtype in (torch.float32, torch.float64):
+        expected = preprocess_gradients(g.to(dtype)).movedim(-1, 0)
+        got = preprocess_rows(g.to(dtype))
+        assert got.shape == (2, len(g))
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+        # Seed axis first: (S, n) -> (S, 2, n), each seed as alone.
+        torch.testing.assert_close(preprocess_rows(g.to(dtype).view(10, -1))[3], preprocess_rows(g.to(dtype).view(10, -1)[3]))
+
+
+def _layer_inputs(features, units, dtype, coordinates=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda *shape: torch.randn(*shape, generator=g, dtype=dtype)  # noqa: E731
+    return make(features, coordinates), make(units, coordinates), make(units, coordinates), make(4 * units, features + units), make(4 * units)
+
+
+@pytest.mark.parametrize("features,units", [(2, 20), (20, 1), (20, 20)], ids=["layer1", "authors-layer2", "square"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["float64", "float32"])
+def test_fast_lstm_layers_match_straightforward(features, units, dtype, tol):
+    inputs = _layer_inputs(features, units, dtype)
+    upstream = [torch.randn(units, 300, generator=torch.Generator().manual_seed(9), dtype=dtype) for _ in range(2)]
+    with torch.no_grad():
+        h_ref, c_ref = lstm_layer(*inputs)
+        h_in, c_in = lstm_layer_inplace(*inputs)
+    torch.testing.assert_close(h_in, h_ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(c_in, c_ref, rtol=tol, atol=tol)
+    # The fused layer: same forward, and the same gradients for every input.
+    grads = []
+    for layer in (lstm_layer, lstm_layer_fused):
+        leaves = [t.clone().requires_grad_(True) for t in inputs]
+        h, c = layer(*leaves)
+        if layer is lstm_layer_fused:
+            torch.testing.assert_close(h.detach(), h_ref, rtol=tol, atol=tol)
+            torch.testing.assert_close(c.detach(), c_ref, rtol=tol, atol=tol)
+        ((h * upstream[0]).sum() + (c * upstream[1]).sum()).backward()
+        grads.append([t.grad for t in leaves])
+    for name, ref, got in zip(("x", "h", "c", "weight", "bias"), *grads):
+        torch.testing.assert_close(got, ref, rtol=tol, atol=tol * 10, msg=f"gradient of {name}")
+
+
+def test_fused_lstm_layer_gradcheck_and_partial_needs():
+    x, h, c, w, b = (t.requires_grad_(True) for t in _layer_inputs(2, 3, torch.float64, coordinates=7))
+    assert torch.autograd.gradcheck(lstm_layer_fused, (x, h, c, w, b))
+    # Only the meta-parameters need gradients (meta-training): the rest is skipped.
+    h_out, _ = lstm_layer_fused(x.detach(), h.detach(), c.detach(), w, b)
+    gw, gb = torch.autograd.grad(h_out.sum(), (w, b))
+    hr, _ = lstm_layer(x.detach(), h.detach(), c.detach(), w, b)
+    rw, rb = torch.autograd.grad(hr.sum(), (w, b))
+    torch.testing.assert_close((gw, gb), (rw, rb))
+
+
+def test_inplace_lstm_layer_under_vmap():
+    batches = [_layer_inputs(2, 4, torch.float32, coordinates=10, seed=s) for s in range(3)]
+    stacked = [torch.stack(parts) for parts in zip(*batches)]
+    with torch.no_grad():
+        h, c = vmap(lstm_layer_inplace)(*stacked)
+        for i, parts in enumerate(batches):
+            h_ref, c_ref = lstm_layer(*parts)
+            torch.testing.assert_close(h[i], h_ref)
+            torch.testing.assert_close(c[i], c_ref)
+
+
+def _reference_lstm_step(opt, grads, state, params):
+    """The LSTM optimiser written with lstm_layer and preprocess_gradients only."""
+    m = opt.meta
+    x = preprocess_gradients(flatten_coordinates(grads)).movedim(-1, 0)
+    hidden, cell = [], []
+    for weight, bias, h, c in zip(m.weights, m.biases, state.hidden, state.cell):
+        x, c = lstm_layer(x, h, c, weight, bias)
+        hidden.append(x)
+        cell.append(c)
+    out = m.head(x.t()).t() if m.head is not None else x
+    return flatten_coordinates(params) + opt.output_scale * out.squeeze(0), hidden, cell
+
+
+@pytest.mark.parametrize("grad_enabled", [True, False], ids=["meta-training path", "meta-test path"])
+@pytest.mark.parametrize("kwargs", [{}, {"head": "linear", "layers": 3}], ids=["authors", "linear-3-layers"])
+def test_lstm_update_matches_straightforward(kwargs, grad_enabled):
+    opt = bind_fresh(lstm(**kwargs), seed=5)
+    generator = torch.Generator().manual_seed(1)
+    params = {"w": torch.randn(16, 20, generator=generator), "b": torch.zeros(16)}
+    state = opt.init(params)
+    for t in range(4):
+        grads = {k: torch.randn(v.shape, generator=generator) * 10.0 ** (-2 * t) for k, v in params.items()}
+        with torch.no_grad():
+            expected, hidden, cell = _reference_lstm_step(opt, grads, state, params)
+        with torch.set_grad_enabled(grad_enabled):
+            params, state = opt.update(grads, state, params, StepContext(t))
+        torch.testing.assert_close(flatten_coordinates(params).detach(), expected, atol=1e-5, rtol=1e-5)
+        for got, want in zip(state.hidden + state.cell, hidden + cell):
+            torch.testing.assert_close(got.detach(), want, atol=1e-5, rtol=1e-5)
+        params = {k: v.detach() for k, v in params.items()}
+        state = type(state)(*(tuple(v.detach() for v in field) for field in state))
+
+
+def test_meta_test_state_does_not_alias_the_previous_state():
+    """The in-place path writes states into its own fresh gate matrix, never into its inputs."""
+    opt = bind_fresh(lstm())
+    params = {"w": torch.zeros(6)}
+    with torch.no_grad():
+        _, s1 = opt.update({"w": torch.ones(6)}, opt.init(params), params, StepContext(0))
+        before = [v.clone() for v in s1.hidden + s1.cell]
+        _, s2 = opt.update({"w": -torch.ones(6)}, s1, params, StepContext(1))
+    assert all(torch.equal(v, b) for v, b in zip(s1.hidden + s1.cell, before))
+    assert not torch.equal(s2.hidden[0], s1.hidden[0])
+
+
+@pytest.mark.parametrize("factory", [lstm, mtl2l])
+def test_batched_seeds_update_per_seed_like_single_runs(factory, tmp_path):
+    """The runner's update_per_seed path (learner vmapped, update seed by seed) gives each
+    seed the curves it gets when run alone."""
+    task = TaskSpec.from_config({"dataset": {"kind": "synthetic", "n_train": 128, "n_test": 32},
+                                 "steps": 6, "batch_size": 16, "eval_every": 3})
+    learner = FunctionalLearner(task.learner.build(task.dataset.input_shape, task.dataset.num_classes))
+    data = PreparedData.from_splits(task.dataset.load(tmp_path), task, torch.device("cpu"))
+    opt = bind_fresh(factory())
+    assert execution_mode(opt, 3) == "vmap learner, update per seed"
+    assert execution_mode(opt, 1) == "single" and execution_mode(opt, 3, vectorize=False) == "per seed"
+    batched = run_seeds(task, opt, learner, data, [0, 1, 2], device=torch.device("cpu"))
+    alone = run_seeds(task, opt, learner, data, [0, 1, 2], device=torch.device("cpu"), vectorize=False)
+    for a, b in zip(batched, alone):
+        assert a.seed == b.seed and a.eval_steps == b.eval_steps
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-5, abs=1e-5)
+        assert a.test_loss == pytest.approx(b.test_loss, rel=1e-5, abs=1e-5)
+
+
+def test_mtl2l_dropout_is_the_documented_mask():
+    """Inverted dropout from the run's generator: x * (u >= rate) / (1 - rate), u ~ U(0, 1)."""
+    from l2lbench.optimizers.mtl2l import _dropout
+
+    x = torch.randn(64, 30, generator=torch.Generator().manual_seed(0))
+    got = _dropout(x, 0.25, torch.Generator().manual_seed(3))
+    keep = torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) >= 0.25
+    torch.testing.assert_close(got, x * keep / 0.75)
+    assert 0 < int((got == 0).sum()) < x.numel()

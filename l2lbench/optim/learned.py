@@ -110,6 +110,39 @@ def preprocess_gradients(grad: Tensor, p: float = 10.0) -> Tensor:
     return torch.stack([log_part, sign_part], dim=-1)
 
 
+def preprocess_rows(grad: Tensor, p: float = 10.0) -> Tensor:
+    """:func:`preprocess_gradients` with the feature axis second to last, for meta-test:
+    ``(..., coordinates) -> (..., 2, coordinates)``.
+
+    Equal to ``preprocess_gradients(grad, p).movedim(-1, -2)`` to float rounding (exactly at
+    the threshold in float32), written as two clamps, a few passes over the coordinates
+    instead of a dozen::
+
+        log|g| / p  if |g| >= e^-p else -1   ==  log(max(|g|, e^-p)) / p
+        sgn g       if |g| >= e^-p else e^p g  ==  clamp(e^p g, -1, 1)
+
+    (a NaN gradient gives NaN features instead of ``(-1, NaN)``). It works in place on
+    its own temporaries: use it on gradients that need no gradient themselves (the
+    learner's gradients are data to a learned optimiser). Safe under ``vmap``.
+
+    >>> preprocess_rows(torch.tensor([1.0, -1.0, 0.0])).tolist()
+    [[0.0, 0.0, -1.0], [1.0, -1.0, 0.0]]
+    """
+    log_part = grad.abs().clamp(min=math.exp(-p)).log_().mul_(1.0 / p)  # clamp_ has no vmap rule
+    sign_part = (grad * math.exp(p)).clamp(-1.0, 1.0)
+    return torch.stack([log_part, sign_part], dim=-2)
+
+
+def gradient_features(grad: Tensor, p: float = 10.0) -> Tensor:
+    """The preprocessed flat gradient as ``(2, coordinates)``, the layout the coordinatewise
+    LSTMs read: :func:`preprocess_rows` (in place), unless the gradient itself needs a
+    gradient (differentiating through the learner's gradient, as the conformance checks
+    do), then :func:`preprocess_gradients`."""
+    if grad.requires_grad:
+        return preprocess_gradients(grad, p).movedim(-1, 0)
+    return preprocess_rows(grad, p)
+
+
 def uniform_(tensor: Tensor, bound: float, generator: torch.Generator) -> Tensor:
     """In-place U(-bound, bound) from ``generator`` (initialisation helper)."""
     with torch.no_grad():

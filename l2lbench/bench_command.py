@@ -1,0 +1,125 @@
+"""``l2lbench bench``: time optimisers on this machine next to a bare torch loop.
+
+    l2lbench bench                                   # sgd, adam, lstm, mtl2l; MNIST if imported
+    l2lbench bench --optimizers adam,my-opt --plugin my_opt.py --format json
+    l2lbench bench --task synthetic --steps 50 --seeds 1,4 --repeats 3
+
+Everything is measured in one process, interleaved (see :mod:`l2lbench.bench`). Progress
+goes to stderr, the report to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import DataMissingError, UsageError
+
+
+def _csv(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"invalid list {value!r} (expected comma-separated names)")
+    return items
+
+
+def _counts(value: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        counts = ()
+    if not counts or any(c <= 0 for c in counts):
+        raise argparse.ArgumentTypeError(f"invalid seed counts {value!r} (expected positive integers, e.g. 1,8)")
+    return counts
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r} (expected a positive integer)")
+    return number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .bench import DEFAULT_OPTIMIZERS
+
+    parser.add_argument("--optimizers", type=_csv, default=list(DEFAULT_OPTIMIZERS), metavar="A,B",
+                        help=f"optimisers to time (default: {','.join(DEFAULT_OPTIMIZERS)})")
+    parser.add_argument("--task", metavar="NAME",
+                        help="a dataset (mnist, synthetic, ...: the paper's MLP, batch 128) or a task of a built-in "
+                             "suite (default: mnist when its files are in the data folder, else synthetic)")
+    parser.add_argument("--steps", type=_positive, default=200, metavar="N", help="learner steps per timed run (default 200)")
+    parser.add_argument("--seeds", type=_counts, default=(1, 8), metavar="1,8",
+                        help="seed counts to time at meta-test; S > 1 runs batched (default 1,8)")
+    parser.add_argument("--repeats", type=_positive, default=5, metavar="R", help="timed repetitions (default 5)")
+    parser.add_argument("--meta-steps", type=_positive, default=100, metavar="N",
+                        help="learner steps of the timed meta-training trial (default 100)")
+    parser.add_argument("--meta-unroll", type=_positive, default=5, metavar="XI",
+                        help="unroll of the timed meta-training (default 5, the paper's)")
+    parser.add_argument("--memory-steps", type=_positive, default=1000, metavar="N",
+                        help="steps of the meta-test memory run (default 1000)")
+    parser.add_argument("--memory-unroll", type=_positive, default=20, metavar="XI",
+                        help="unroll of the meta-training memory run (default 20, the authors')")
+    parser.add_argument("--threads", type=_positive, metavar="N", help="torch threads (default: torch's own choice)")
+    parser.add_argument("--format", choices=["text", "json"], default="text")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="dataset folder (default: $L2LBENCH_DATA or the user cache folder)")
+
+
+def resolve_task(name: str | None, data_dir: Path) -> Any:
+    """A dataset kind (the paper's MLP on it) or a built-in suite's task; ``None``: MNIST
+    when its files are here, else synthetic data."""
+    from .suite import builtin_suites, load_suite, task_matches
+    from .task import TaskSpec
+    from .tasks.datasets import DATASETS
+
+    if name is None:
+        task = TaskSpec.from_config({"dataset": "mnist"})
+        try:
+            task.dataset.load(data_dir, download=False)
+            return task
+        except DataMissingError:
+            return TaskSpec.from_config({"dataset": "synthetic"})
+    if name in DATASETS:
+        return TaskSpec.from_config({"dataset": name})
+    for suite in builtin_suites():
+        for task in load_suite(suite).tasks:
+            if task.hash == name or task_matches(task, name):
+                return task
+    raise UsageError(f"unknown task {name!r}; expected a dataset ({', '.join(DATASETS)}) or a task of a built-in suite")
+
+
+def run(args: argparse.Namespace, *, registry: Any = None) -> int:
+    import torch
+
+    from .bench import BenchSpec, format_text, run_bench
+    from .optim.registry import OptimizerRegistry
+    from .runner import resolve_device
+    from .tasks.datasets import default_data_dir
+
+    device = resolve_device(args.device)
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if registry is None:
+        registry = OptimizerRegistry.default(getattr(args, "plugin", []) or [])
+        for problem in registry.problems:
+            print(f"l2lbench: warning: {problem}", file=sys.stderr)
+    optimizers = {name: registry.resolve(name).build() for name in args.optimizers}
+    task = resolve_task(args.task, data_dir)
+    spec = BenchSpec(task=task, steps=args.steps, seeds=tuple(args.seeds), repeats=args.repeats,
+                     meta_steps=args.meta_steps, meta_unroll=args.meta_unroll,
+                     memory_steps=args.memory_steps, memory_unroll=args.memory_unroll)
+    if spec.meta_steps <= spec.meta_unroll and any(getattr(o, "learned", False) for o in optimizers.values()):
+        raise UsageError(f"--meta-steps {spec.meta_steps} must exceed --meta-unroll {spec.meta_unroll} (two meta-updates are timed between)")
+    report = run_bench(spec, optimizers, data_dir=data_dir, device=device,
+                       log=lambda message: print(f"l2lbench bench: {message}", file=sys.stderr))
+    print(json.dumps(report, indent=2) if args.format == "json" else format_text(report))
+    return 0
