@@ -424,3 +424,59 @@ def test_mtl2l_dropout_is_the_documented_mask():
     keep = torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) >= 0.25
     torch.testing.assert_close(got, x * keep / 0.75)
     assert 0 < int((got == 0).sum()) < x.numel()
+
+
+@pytest.mark.parametrize("factory", [lstm, mtl2l])
+def test_meta_gradient_matches_backpropagating_the_losses(factory, tmp_path, monkeypatch):
+    """meta_train's first meta-gradient (fused layers, <g_t, theta_t> objective) equals
+    back-propagating the summed losses through the straightforward layers."""
+    import l2lbench.optimizers.lstm as lstm_module
+    import l2lbench.optimizers.mtl2l as mtl2l_module
+    from l2lbench.hashing import derive_seed
+    from l2lbench.learned.spec import MetaTrainingSpec
+    from l2lbench.learned.train import meta_train
+    from l2lbench.tasks.datasets import normalise
+    from l2lbench.training import batch_schedule
+
+    spec = MetaTrainingSpec.from_config({
+        "tasks": [{"dataset": {"kind": "synthetic", "n_train": 64, "n_test": 16}, "learner": {"kind": "mlp", "hidden": [8]}}],
+        "steps": 4, "batch_size": 16, "trials": 1, "unroll": 4, "clip": 1e9,
+    })
+    captured = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        if not captured:
+            captured.append([p.grad.clone() for group in self.param_groups for p in group["params"]])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    meta_train(factory(), spec, data_dir=tmp_path, device=torch.device("cpu"), progress=False)
+
+    # The reference: the first unroll again, straightforward layers and preprocessing.
+    for module in (lstm_module, mtl2l_module):
+        monkeypatch.setattr(module, "lstm_layer_fused", lstm_layer)
+        monkeypatch.setattr(module, "gradient_features", lambda g, p: preprocess_gradients(g, p).movedim(-1, 0))
+    opt = factory()
+    meta = opt.init_meta(generator=torch.Generator().manual_seed(derive_seed(spec.hash, "meta-init"))).train()
+    bound = opt.with_meta(meta)
+    task = spec.tasks[0]
+    learner = FunctionalLearner(task.learner.build(task.dataset.input_shape, task.dataset.num_classes))
+    data = PreparedData.from_splits(task.dataset.load(tmp_path), task, torch.device("cpu"))
+    params = {k: v.requires_grad_(True) for k, v in learner.init(torch.Generator().manual_seed(derive_seed(spec.hash, 0, "init"))).items()}
+    generator = torch.Generator().manual_seed(derive_seed(spec.hash, 0, "optimizer"))
+    state = bound.init(params, generator=generator)
+    schedule = batch_schedule(len(data.train_labels), task.steps + 1, task.batch_size, derive_seed(spec.hash, 0, "data"))
+    total = 0.0
+    for t in range(task.steps + 1):
+        inputs = normalise(data.train_images[schedule[t]], data.mean, data.std)
+        loss = learner.loss(params, inputs, data.train_labels[schedule[t]])
+        grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), retain_graph=True)))
+        if t > 0:
+            total = total + loss
+        if t < task.steps:
+            params, state = bound.update(grads, state, params, StepContext(t, inputs=inputs, loss=loss.detach(), generator=generator))
+    expected = torch.autograd.grad(total, list(meta.parameters()))
+    assert len(expected) == len(captured[0])
+    for got, want in zip(captured[0], expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

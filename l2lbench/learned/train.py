@@ -14,7 +14,9 @@ into later losses only, with no second-order terms, as in both papers.
 The loss of step t is ``L(theta_t)`` on batch t. An unroll starting at step s (where the
 parameters were detached) contributes ``L(theta_{s+1}) + ... + L(theta_{s+Xi})``: every
 term depends on the meta-parameters, and the loss that closes one unroll also provides the
-gradient that starts the next, so no learner evaluation is repeated.
+gradient that starts the next, so no learner evaluation is repeated. Its meta-gradient is
+back-propagated from ``sum_t <g_t, theta_t>`` with the learner gradients ``g_t`` held
+constant, which has the same gradient: the learner is differentiated once per step.
 """
 
 from __future__ import annotations
@@ -146,29 +148,34 @@ def _trial(
     state = bound.init(params, generator=generator)
     # S + 1 batches: the loss after the last update closes the last unroll.
     schedule = batch_schedule(len(data.train_labels), horizon + 1, task.batch_size, derive_seed(spec.hash, trial, "data")).to(device)
-    meta_loss: Tensor | None = None
+    meta_objective: Tensor | None = None
     unroll_start, losses = 0, []
     for t in range(horizon + 1):
         indices = schedule[t]
         inputs = normalise(data.train_images[indices], data.mean, data.std)
         loss = learner.loss(params, inputs, data.train_labels[indices])
         losses.append(loss.item())
-        grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), retain_graph=t > unroll_start)))
+        grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
         if t > unroll_start:
-            meta_loss = loss if meta_loss is None else meta_loss + loss
+            # The meta-gradient of L_t is <dL_t/dtheta_t, dtheta_t/dphi>, and dL_t/dtheta_t
+            # is the learner gradient just computed for the optimiser: back-propagating
+            # <grads, theta_t> (grads held constant) gives the same meta-gradient as
+            # L_t itself, without a second pass through the learner or keeping its graph.
+            term = sum((g * theta).sum() for g, theta in zip(grads.values(), params.values()))
+            meta_objective = term if meta_objective is None else meta_objective + term
             if t - unroll_start == spec.unroll or t == horizon:
                 meta_optimizer.zero_grad(set_to_none=True)
-                meta_loss.backward()
+                meta_objective.backward()
                 for p in module.parameters():
                     if p.grad is not None:
                         p.grad.clamp_(-spec.clip, spec.clip)
                 meta_optimizer.step()
-                result.unroll_loss.append(meta_loss.item() / (t - unroll_start))
+                result.unroll_loss.append(sum(losses[unroll_start + 1 :]) / (t - unroll_start))
                 if on_unroll is not None:
                     on_unroll(trial, t, result.unroll_loss[-1])
                 params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
                 state = _detached(state)
-                meta_loss, unroll_start = None, t
+                meta_objective, unroll_start = None, t
         if t == horizon:
             break
         context = StepContext(step=t, inputs=inputs, loss=loss.detach(), generator=generator)
