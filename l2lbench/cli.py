@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="leaderboards, statistics and plots from the results store")
     report_command.add_arguments(report)
 
+    from . import bench_command
+
+    bench = commands.add_parser("bench", help="time optimisers per learner step against a bare torch loop")
+    bench_command.add_arguments(bench)
+    add_common(bench)
+
     lister = commands.add_parser("list", help="list optimizers, tasks or suites")
     lister.add_argument("what", choices=["optimizers", "tasks", "suites"])
     lister.add_argument("--format", choices=["text", "json"], default="text")
@@ -141,7 +147,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return command.run(args)
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "meta-train": cmd_meta_train, "report": cmd_report}
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench_command
+
+    return bench_command.run(args, registry=_registry(args.plugin))
+
+
+COMMANDS = {"bench": cmd_bench, "run": cmd_run, "list": cmd_list, "data": cmd_data, "meta-train": cmd_meta_train, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

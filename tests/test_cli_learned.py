@@ -120,3 +120,10 @@ def test_list_optimizers_shows_learned(capsys):
     assert main(["list", "optimizers", "--format", "json"]) == 0
     names = {row["name"] for row in json.loads(capsys.readouterr().out)}
     assert {"lstm", "mtl2l"} <= names
+
+
+def test_bench_is_a_subcommand():
+    from l2lbench.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--optimizers", "sgd,lstm", "--steps", "5", "--format", "json"])
+    assert args.command == "bench" and args.optimizers == ["sgd", "lstm"] and args.steps == 5
