@@ -33,7 +33,7 @@ def _counts(value: str) -> tuple[int, ...]:
         counts = ()
     if not counts or any(c <= 0 for c in counts):
         raise argparse.ArgumentTypeError(f"invalid seed counts {value!r} (expected positive integers, e.g. 1,8)")
-    return counts
+    return tuple(dict.fromkeys(counts))
 
 
 def _positive(value: str) -> int:
@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-unroll", type=_positive, default=20, metavar="XI",
                         help="unroll of the meta-training memory run (default 20, the authors')")
     parser.add_argument("--threads", type=_positive, metavar="N", help="torch threads (default: torch's own choice)")
-    parser.add_argument("--format", choices=["text", "json"], default="text")
+    parser.add_argument("--format", choices=["text", "json"], default="text", help="report as tables (default) or JSON")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="dataset folder (default: $L2LBENCH_DATA or the user cache folder)")
