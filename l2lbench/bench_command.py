@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps of the meta-test memory run (default 1000)")
     parser.add_argument("--memory-unroll", type=_positive, default=20, metavar="XI",
                         help="unroll of the meta-training memory run (default 20, the authors')")
+    parser.add_argument("--memory-in-process", action="store_true",
+                        help="measure meta-training memory in this process instead of a fresh one (faster; then only "
+                             "its growth is meaningful)")
     parser.add_argument("--threads", type=_positive, metavar="N", help="torch threads (default: torch's own choice)")
     parser.add_argument("--format", choices=["text", "json"], default="text", help="report as tables (default) or JSON")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
@@ -116,7 +119,8 @@ def run(args: argparse.Namespace, *, registry: Any = None) -> int:
     task = resolve_task(args.task, data_dir)
     spec = BenchSpec(task=task, steps=args.steps, seeds=tuple(args.seeds), repeats=args.repeats,
                      meta_steps=args.meta_steps, meta_unroll=args.meta_unroll,
-                     memory_steps=args.memory_steps, memory_unroll=args.memory_unroll)
+                     memory_steps=args.memory_steps, memory_unroll=args.memory_unroll,
+                     fresh_process=not args.memory_in_process)
     if spec.meta_steps <= spec.meta_unroll and any(getattr(o, "learned", False) for o in optimizers.values()):
         raise UsageError(f"--meta-steps {spec.meta_steps} must exceed --meta-unroll {spec.meta_unroll} (two meta-updates are timed between)")
     report = run_bench(spec, optimizers, data_dir=data_dir, device=device,

@@ -27,7 +27,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def report(tmp_path_factory):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = bench_command.run(_parse(TINY + ["--optimizers", "sgd,lstm", "--format", "json",
+        code = bench_command.run(_parse(TINY + ["--optimizers", "sgd,lstm", "--format", "json", "--memory-in-process",
                                                 "--data-dir", str(tmp_path_factory.mktemp("data"))]))
     assert code == 0
     return json.loads(out.getvalue())
@@ -67,6 +67,7 @@ def test_json_report_has_every_field(report):
     assert lstm["learned"] and lstm["meta_training"]["unroll"] == 2
     assert _is_summary(lstm["meta_training"]["ms_per_learner_step"])
     assert lstm["meta_training_memory"]["unroll"] == 2 and lstm["meta_training_memory"]["peak_rss_mb"] > 0
+    assert lstm["meta_training_memory"]["process"] == "this"
 
 
 def test_text_report_names_every_figure(report):
@@ -74,6 +75,20 @@ def test_text_report_names_every_figure(report):
     for needle in ("torch.optim.SGD", "torch.optim.Adam", "meta-test ms/seed-step", "x torch SGD",
                    "meta-train ms/learner step", "unroll 2", "RSS growth, 4 steps", "test-set evaluation", "lstm", "sgd"):
         assert needle in text, needle
+
+
+def test_meta_training_memory_in_a_fresh_process(tmp_path):
+    import torch
+
+    from l2lbench.bench import meta_training_memory, meta_training_spec
+    from l2lbench.optimizers.lstm import lstm
+
+    task = bench_command.resolve_task("synthetic", data_dir=tmp_path)
+    spec = meta_training_spec(task, 4, 2)
+    figures = meta_training_memory(lstm(), spec, data_dir=tmp_path, device=torch.device("cpu"), probe=MemoryProbe(),
+                                   fresh_process=True)
+    assert figures["process"] == "fresh", figures
+    assert figures["peak_rss_mb"] >= figures["rss_before_mb"] > 0
 
 
 def test_memory_probe_and_summary():

@@ -35,7 +35,7 @@ from ..optim.base import Params, StepContext
 from ..optim.tree import tree_map
 from ..task import TaskSpec
 from ..tasks.datasets import normalise
-from ..training import PreparedData, batch_schedule
+from ..training import batch_schedule
 from .spec import MetaTrainingSpec
 
 
@@ -52,14 +52,20 @@ class MetaTrainingResult:
 
 @dataclass
 class _TaskData:
+    """A training task's learner and its training split on the device (meta-training never
+    reads the test split, so it is neither normalised nor kept)."""
+
     learner: FunctionalLearner
-    data: PreparedData
+    train_images: Tensor  # (N, C, H, W) uint8
+    train_labels: Tensor
+    mean: float
+    std: float
 
 
 def _prepare(task: TaskSpec, data_dir: Path, device: torch.device) -> _TaskData:
     learner = FunctionalLearner(task.learner.build(task.dataset.input_shape, task.dataset.num_classes))
-    # Meta-training sees only the training split; the test split stays for meta-testing.
-    return _TaskData(learner, PreparedData.from_splits(task.dataset.load(data_dir), task, device))
+    splits = task.dataset.load(data_dir)
+    return _TaskData(learner, splits.train_images.to(device), splits.train_labels.to(device), splits.mean, splits.std)
 
 
 def _detached(tree: Any) -> Any:
@@ -140,7 +146,7 @@ def _trial(
     on_unroll: Callable[[int, int, float], None] | None,
 ) -> list[float]:
     """One learner, S steps, a meta-update every Xi steps; returns the learner's losses."""
-    learner, data = prepared.learner, prepared.data
+    learner, data = prepared.learner, prepared
     horizon = task.steps
     init_generator = torch.Generator().manual_seed(derive_seed(spec.hash, trial, "init"))
     params = {k: v.requires_grad_(True) for k, v in learner.init(init_generator, device).items()}
