@@ -52,7 +52,7 @@ from .optim.learned import bind_fresh, is_learned
 from .provenance import provenance
 from .task import TaskSpec
 from .tasks.datasets import normalise
-from .training import PreparedData, batch_schedule, evaluate, execution_mode, run_seeds
+from .training import PreparedData, batch_schedule, evaluate, execution_mode, keep_freed_memory, run_seeds
 
 SCHEMA = "l2lbench-bench/1"
 DEFAULT_OPTIMIZERS = ("sgd", "adam", "lstm", "mtl2l")
@@ -243,28 +243,39 @@ def meta_training_step(optimizer: Any, task: TaskSpec, steps: int, unroll: int, 
 
 
 def meta_training_memory(
-    optimizer: Any, spec: MetaTrainingSpec, *, data_dir: Path, device: torch.device, probe: MemoryProbe, fresh_process: bool
+    optimizer: Any,
+    spec: MetaTrainingSpec,
+    *,
+    data_dir: Path,
+    device: torch.device,
+    probe: MemoryProbe,
+    fresh_process: bool,
+    keep_freed: bool = False,
 ) -> dict[str, Any]:
     """Resident memory of :func:`~l2lbench.learned.train.meta_train` with ``spec``, in a
-    fresh process when asked and possible (``process`` says where it was measured)."""
+    fresh process when asked and possible (``process`` says where it was measured; with
+    ``keep_freed`` that process first calls :func:`~l2lbench.training.keep_freed_memory`,
+    as this one did)."""
     note = None
     if fresh_process:
         try:
-            return {"process": "fresh", **_in_fresh_process(optimizer, spec, data_dir, device)}
+            return {"process": "fresh", **_in_fresh_process(optimizer, spec, data_dir, device, keep_freed)}
         except Exception as exc:  # e.g. a plug-in loaded from a file cannot be pickled
             note = f"a fresh process failed ({type(exc).__name__}: {exc}); measured in this process"
     figures = probe.measure(lambda: meta_train(optimizer, spec, data_dir=data_dir, device=device, progress=False))
     return {"process": "this", **figures, **({"note": note} if note else {})}
 
 
-def _in_fresh_process(optimizer: Any, spec: MetaTrainingSpec, data_dir: Path, device: torch.device) -> dict[str, Any]:
+def _in_fresh_process(optimizer: Any, spec: MetaTrainingSpec, data_dir: Path, device: torch.device, keep_freed: bool) -> dict[str, Any]:
     import multiprocessing
     import queue
 
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     process = context.Process(
-        target=_fresh_meta_training, args=(optimizer, spec, data_dir, str(device), torch.get_num_threads(), results), daemon=True
+        target=_fresh_meta_training,
+        args=(optimizer, spec, data_dir, str(device), torch.get_num_threads(), keep_freed, results),
+        daemon=True,
     )
     process.start()
     try:
@@ -284,10 +295,14 @@ def _in_fresh_process(optimizer: Any, spec: MetaTrainingSpec, data_dir: Path, de
     return result
 
 
-def _fresh_meta_training(optimizer: Any, spec: MetaTrainingSpec, data_dir: Path, device: str, threads: int, results: Any) -> None:
+def _fresh_meta_training(
+    optimizer: Any, spec: MetaTrainingSpec, data_dir: Path, device: str, threads: int, keep_freed: bool, results: Any
+) -> None:
     """In a spawned process: meta-train, report RSS after the imports and the peak."""
     try:
         torch.set_num_threads(threads)
+        if keep_freed:
+            keep_freed_memory()
         probe = MemoryProbe()
         before = probe.rss_mb()
         meta_train(optimizer, spec, data_dir=data_dir, device=torch.device(device), progress=False)
@@ -310,9 +325,14 @@ def run_bench(
     *,
     data_dir: Path,
     device: torch.device,
+    keep_freed: bool = False,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Measure everything :class:`BenchSpec` names for ``optimizers`` (name -> built plug-in).
+
+    ``keep_freed`` says that this process called :func:`~l2lbench.training.keep_freed_memory`
+    (the command does, as ``l2lbench run`` should); it is recorded, and a fresh process
+    measuring meta-training memory does the same.
 
     Returns:
         The report: a JSON-ready dict (``schema`` ``l2lbench-bench/1``).
@@ -370,7 +390,8 @@ def run_bench(
     }
     memory_train = {
         name: meta_training_memory(optimizers[name], meta_training_spec(task, 2 * spec.memory_unroll, spec.memory_unroll),
-                                   data_dir=data_dir, device=device, probe=probe, fresh_process=spec.fresh_process)
+                                   data_dir=data_dir, device=device, probe=probe, fresh_process=spec.fresh_process,
+                                   keep_freed=keep_freed)
         for name in learned
     }
 
@@ -384,6 +405,7 @@ def run_bench(
         "repeats": spec.repeats,
         "units": {"time": "ms", "memory": "MB (2**20 bytes)"},
         "memory_method": probe.method,
+        "malloc_keeps_freed_memory": keep_freed,
         "provenance": provenance(device),
         "reference": {
             name: {"optimizer": f"torch.optim.{REFERENCES[name].__name__}(lr={REFERENCE_LR})", "ms_per_step": summary(values)}

@@ -106,6 +106,7 @@ def run(args: argparse.Namespace, *, registry: Any = None) -> int:
     from .optim.registry import OptimizerRegistry
     from .runner import resolve_device
     from .tasks.datasets import default_data_dir
+    from .training import keep_freed_memory
 
     device = resolve_device(args.device)
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
@@ -123,7 +124,10 @@ def run(args: argparse.Namespace, *, registry: Any = None) -> int:
                      fresh_process=not args.memory_in_process)
     if spec.meta_steps <= spec.meta_unroll and any(getattr(o, "learned", False) for o in optimizers.values()):
         raise UsageError(f"--meta-steps {spec.meta_steps} must exceed --meta-unroll {spec.meta_unroll} (two meta-updates are timed between)")
-    report = run_bench(spec, optimizers, data_dir=data_dir, device=device,
+    # As a training process should: otherwise page faults on re-allocated memory cost the
+    # LSTM optimisers about a sixth of a step (see keep_freed_memory).
+    keep_freed = keep_freed_memory()
+    report = run_bench(spec, optimizers, data_dir=data_dir, device=device, keep_freed=keep_freed,
                        log=lambda message: print(f"l2lbench bench: {message}", file=sys.stderr))
     print(json.dumps(report, indent=2) if args.format == "json" else format_text(report))
     return 0

@@ -92,6 +92,31 @@ def batch_schedule(num_examples: int, steps: int, batch_size: int, seed: int) ->
     return torch.cat(batches)[:steps]
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the
+    system at once; call it once at the start of a process that trains (the command line).
+
+    PyTorch allocates CPU tensors with plain ``malloc``. By default glibc returns a freed
+    block of more than a few MB to the system (``munmap``, or trimming the heap) and maps
+    fresh pages for the next one, so a step that allocates the LSTM optimisers' 8 MB gate
+    matrix pays a page fault per 4 KB, now and then, about 0.6 ms per step on average for
+    the paper's MLP (3.7 instead of 3.1 ms). With allocations up to 32 MB served from the
+    heap and the heap trimmed only beyond 512 MB free, the memory is reused: the resident
+    set stays at its high-water mark instead of shrinking between steps.
+
+    Returns:
+        Whether the setting took effect (``False`` where the C library is not glibc).
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 512 * 2**20))
+
+
 def execution_mode(optimizer: Any, seeds: int, *, vectorize: bool = True) -> str:
     """How :func:`run_seeds` runs ``seeds`` seeds of ``optimizer``: ``"single"`` (one
     seed), ``"vmap"`` (learner and update batched), ``"vmap learner, update per seed"``

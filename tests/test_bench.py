@@ -43,6 +43,7 @@ def test_json_report_has_every_field(report):
     assert (report["steps"], report["seeds"], report["repeats"]) == (3, [1, 2], 2)
     assert report["learner_parameters"] == 25450
     assert report["provenance"]["torch_threads"] == 1 and "memory_method" in report
+    assert isinstance(report["malloc_keeps_freed_memory"], bool)
     for name in ("torch-sgd", "torch-adam"):
         assert _is_summary(report["reference"][name]["ms_per_step"])
     assert _is_summary(report["evaluation"]["ms_per_evaluation"])
