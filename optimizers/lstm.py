@@ -99,23 +99,22 @@ def lstm_layer(x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Tensor) ->
     return h, c
 
 
-def _gate_matrix(x: Tensor, h: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor | None]:
+def _gate_matrix(x: Tensor, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """``W [x; h] + b``, (4 units, coordinates), as cheaply as the layer's shape allows.
 
     A wide layer (4 units at least its inputs, e.g. the 80 x 22 first layer) takes the
     bias as one more column of ``W`` against a row of ones under ``[x; h]``: one product
     that writes the gate matrix once (``addmm`` first copies the broadcast bias into all of
-    it, then reads it back). Returns the gates and ``[x; h; 1]`` (a backward needs it).
-    A narrow layer (e.g. the authors' one-unit last layer: 4 x 21) adds ``W_h h`` with a
-    second product instead of copying ``[x; h]``; it returns ``None`` for the inputs.
+    it, then reads it back). A narrow layer (e.g. the authors' one-unit last layer: 4 x 21)
+    adds ``W_h h`` with a second product instead of copying ``[x; h]``.
     """
     n, features = h.shape[0], x.shape[0]
     if features + n > 4 * n:
         gates = torch.addmm(bias.unsqueeze(1), weight[:, :features], x)
         w_h = weight[:, features:]
-        return (_addcmul_(gates, w_h, h) if n == 1 else gates.addmm_(w_h, h)), None  # n = 1: an outer product
+        return _addcmul_(gates, w_h, h) if n == 1 else gates.addmm_(w_h, h)  # n = 1: an outer product
     inputs = torch.cat([x, h, x.new_ones(1, x.shape[1])], dim=0)
-    return torch.mm(torch.cat([weight, bias.unsqueeze(1)], dim=1), inputs), inputs
+    return torch.mm(torch.cat([weight, bias.unsqueeze(1)], dim=1), inputs)
 
 
 def _activate_(gates: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -143,7 +142,7 @@ def lstm_layer_inplace(x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Te
         weight: (4 units, features + units); bias: (4 units,).
     """
     n = h.shape[0]
-    gates, _ = _gate_matrix(x, h, weight, bias)
+    gates = _gate_matrix(x, h, weight, bias)
     i, f, a, o = _activate_(gates, n)
     if _functorch_active():  # out= cannot write into a plain tensor under vmap
         c = f.mul_(c).add_(i * a)  # addcmul_ has no vmap batching rule
@@ -163,7 +162,7 @@ class _FusedLSTMLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-        gates, _ = _gate_matrix(x, h, weight, bias)
+        gates = _gate_matrix(x, h, weight, bias)
         i, f, a, o = _activate_(gates, h.shape[0])
         c_new = torch.mul(f, c).addcmul_(i, a)
         h_new = torch.tanh(c_new).mul_(o)
