@@ -16,14 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .argtypes import csv_list, positive_int
 from .errors import DataMissingError, UsageError
-
-
-def _csv(value: str) -> list[str]:
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"invalid list {value!r} (expected comma-separated names)")
-    return items
 
 
 def _counts(value: str) -> tuple[int, ...]:
@@ -36,40 +30,30 @@ def _counts(value: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(counts))
 
 
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"invalid value {value!r} (expected a positive integer)")
-    return number
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .bench import DEFAULT_OPTIMIZERS
 
-    parser.add_argument("--optimizers", type=_csv, default=list(DEFAULT_OPTIMIZERS), metavar="A,B",
+    parser.add_argument("--optimizers", type=csv_list, default=list(DEFAULT_OPTIMIZERS), metavar="A,B",
                         help=f"optimisers to time (default: {','.join(DEFAULT_OPTIMIZERS)})")
     parser.add_argument("--task", metavar="NAME",
                         help="a dataset (mnist, synthetic, ...: the paper's MLP, batch 128) or a task of a built-in "
                              "suite (default: mnist when its files are in the data folder, else synthetic)")
-    parser.add_argument("--steps", type=_positive, default=200, metavar="N", help="learner steps per timed run (default 200)")
+    parser.add_argument("--steps", type=positive_int, default=200, metavar="N", help="learner steps per timed run (default 200)")
     parser.add_argument("--seeds", type=_counts, default=(1, 8), metavar="1,8",
                         help="seed counts to time at meta-test; S > 1 runs batched (default 1,8)")
-    parser.add_argument("--repeats", type=_positive, default=5, metavar="R", help="timed repetitions (default 5)")
-    parser.add_argument("--meta-steps", type=_positive, default=100, metavar="N",
+    parser.add_argument("--repeats", type=positive_int, default=5, metavar="R", help="timed repetitions (default 5)")
+    parser.add_argument("--meta-steps", type=positive_int, default=100, metavar="N",
                         help="learner steps of the timed meta-training trial (default 100)")
-    parser.add_argument("--meta-unroll", type=_positive, default=5, metavar="XI",
+    parser.add_argument("--meta-unroll", type=positive_int, default=5, metavar="XI",
                         help="unroll of the timed meta-training (default 5, the paper's)")
-    parser.add_argument("--memory-steps", type=_positive, default=1000, metavar="N",
+    parser.add_argument("--memory-steps", type=positive_int, default=1000, metavar="N",
                         help="steps of the meta-test memory run (default 1000)")
-    parser.add_argument("--memory-unroll", type=_positive, default=20, metavar="XI",
+    parser.add_argument("--memory-unroll", type=positive_int, default=20, metavar="XI",
                         help="unroll of the meta-training memory run (default 20, the authors')")
     parser.add_argument("--memory-in-process", action="store_true",
                         help="measure meta-training memory in this process instead of a fresh one (faster; then only "
                              "its growth is meaningful)")
-    parser.add_argument("--threads", type=_positive, metavar="N", help="torch threads (default: torch's own choice)")
+    parser.add_argument("--threads", type=positive_int, metavar="N", help="torch threads (default: torch's own choice)")
     parser.add_argument("--format", choices=["text", "json"], default="text", help="report as tables (default) or JSON")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
