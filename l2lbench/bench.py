@@ -37,9 +37,10 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +52,14 @@ from .learner import FunctionalLearner
 from .optim.learned import bind_fresh, is_learned
 from .provenance import provenance
 from .task import TaskSpec
-from .tasks.datasets import normalise
-from .training import PreparedData, batch_schedule, evaluate, execution_mode, keep_freed_memory, run_seeds
+from .training import (
+    PreparedData,
+    batch_schedule,
+    evaluate,
+    execution_mode,
+    keep_freed_memory,
+    run_seeds,
+)
 
 SCHEMA = "l2lbench-bench/1"
 DEFAULT_OPTIMIZERS = ("sgd", "adam", "lstm", "mtl2l")
@@ -207,9 +214,8 @@ def bare_loop(
     schedule = batch_schedule(len(data.train_labels), task.steps, task.batch_size, derive_seed(task.hash, 0, "data")).to(device)
     losses = torch.empty(task.steps, device=device)
     for t in range(task.steps):
-        indices = schedule[t]
-        inputs = normalise(data.train_images[indices], data.mean, data.std)
-        loss = F.cross_entropy(model(inputs), data.train_labels[indices])
+        inputs, labels = data.minibatch(schedule[t])  # the runner's own gather: same data cost
+        loss = F.cross_entropy(model(inputs), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

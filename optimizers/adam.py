@@ -16,7 +16,7 @@ floats::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -35,6 +35,8 @@ class AdamState(NamedTuple):
 @dataclass(frozen=True)
 class Adam(Optimizer):
     """Adam with L2 (``decoupled=False``) or decoupled (AdamW) weight decay."""
+
+    coordinatewise: ClassVar[bool] = True
 
     lr: float = 0.01
     beta1: float = 0.9
@@ -73,15 +75,17 @@ class Adam(Optimizer):
             g = grads[name]
             if self.weight_decay and not self.decoupled:
                 g = g + self.weight_decay * p
+            # torch.optim.Adam's own fused forms (lerp_, mul_ + addcmul_, addcdiv_); the
+            # in-place operations act on fresh intermediates, never on the inputs.
             mu[name] = torch.lerp(state.mu[name], g, 1 - self.beta1)
-            nu[name] = self.beta2 * state.nu[name] + (1 - self.beta2) * g * g
+            nu[name] = torch.mul(state.nu[name], self.beta2).addcmul_(g, g, value=1 - self.beta2)
             second = nu[name]
             if self.amsgrad:
                 second = nu_max[name] = torch.maximum(state.nu_max[name], nu[name])
-            denom = (second.sqrt() / bias_correction2_sqrt).to(p.dtype) + self.eps
+            denom = (second.sqrt() / bias_correction2_sqrt).add_(self.eps)  # sqrt's backward needs its output intact
             if self.weight_decay and self.decoupled:
                 p = p * (1 - self.lr * self.weight_decay)
-            new_params[name] = p - (step_size.to(p.dtype) * mu[name]) / denom
+            new_params[name] = torch.addcdiv(p, step_size.to(p.dtype) * mu[name], denom, value=-1)
         return new_params, AdamState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
 

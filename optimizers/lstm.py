@@ -229,6 +229,8 @@ class LSTMOptimizer(LearnedOptimizer):
     # Batched seeds: the runner vmaps only the learner and calls ``update`` seed by seed,
     # which keeps each step's working set (20 x 4 gate rows per coordinate) one seed large.
     update_per_seed: ClassVar[bool] = True
+    # It flattens the coordinates itself; handed one flat vector, it skips that copy.
+    coordinatewise: ClassVar[bool] = True
 
     hidden: int = 20
     layers: int = 2

@@ -136,6 +136,8 @@ class MTL2L(LearnedOptimizer):
     # Batched seeds: the runner vmaps only the learner and calls ``update`` seed by seed
     # (each seed has its own synapses, and one seed's gate matrix is working set enough).
     update_per_seed: ClassVar[bool] = True
+    # It flattens the coordinates itself; handed one flat vector, it skips that copy.
+    coordinatewise: ClassVar[bool] = True
 
     hidden: int = 20
     context_features: int = 784

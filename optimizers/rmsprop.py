@@ -13,7 +13,7 @@ The formulas follow ``torch.optim.RMSprop`` term for term::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 
@@ -29,6 +29,10 @@ class RMSpropState(NamedTuple):
 
 @dataclass(frozen=True)
 class RMSprop(Optimizer):
+    """RMSprop with optional momentum, centring and L2 weight decay."""
+
+    coordinatewise: ClassVar[bool] = True
+
     lr: float = 0.01
     alpha: float = 0.99
     eps: float = 1e-8

@@ -15,7 +15,7 @@ The paper's baselines are ``sgd(lr=0.01)`` and ``momentum(lr=0.01, momentum=0.9)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -33,6 +33,8 @@ class SGDState(NamedTuple):
 @dataclass(frozen=True)
 class SGD(Optimizer):
     """SGD with optional momentum, dampening, Nesterov momentum and L2 weight decay."""
+
+    coordinatewise: ClassVar[bool] = True
 
     lr: float = 0.01
     momentum: float = 0.0
@@ -60,7 +62,7 @@ class SGD(Optimizer):
         self, grads: Params, state: SGDState, params: Params, context: StepContext
     ) -> tuple[Params, SGDState]:
         new_params, new_buffers = {}, {}
-        first = state.count == 0
+        first = state.count == 0 if self.momentum else None
         for name, p in params.items():
             g = grads[name]
             if self.weight_decay:
@@ -72,7 +74,9 @@ class SGD(Optimizer):
                 buf = torch.where(first, g, self.momentum * old + (1 - self.dampening) * g)
                 new_buffers[name] = buf
                 g = g + self.momentum * buf if self.nesterov else buf
-            new_params[name] = p - self.lr * g
+            # torch.optim.SGD's add_(g, alpha=-lr): one fused pass; a tensor lr (a meta-
+            # gradient with respect to it) needs the product form.
+            new_params[name] = p - self.lr * g if isinstance(self.lr, Tensor) else torch.add(p, g, alpha=-self.lr)
         return new_params, SGDState(count=state.count + 1, momentum_buffer=new_buffers)
 
 

@@ -128,9 +128,10 @@ def normalise(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """uint8 pixels -> float32 ``(x / 255 - mean) / std`` (torchvision ToTensor + Normalize).
 
     The one place this formula lives: the runner applies it to every minibatch on the
-    device, so the uint8 data never needs a float copy of the whole training set.
+    device, so the uint8 data never needs a float copy of the whole training set. The
+    arithmetic runs in place on the one float copy (the same numbers as out of place).
     """
-    return (images.to(torch.float32) / 255.0 - mean) / std
+    return images.to(torch.float32, copy=True).div_(255.0).sub_(mean).div_(std)
 
 
 # --------------------------------------------------------------------------- validation

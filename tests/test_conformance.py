@@ -54,9 +54,22 @@ class _Diverging:
         return {k: v + 10.0 * grads[k] for k, v in params.items()}, state
 
 
+class _NormalisedSGD:
+    """Claims coordinatewise, but divides each tensor's gradient by that tensor's norm."""
+
+    coordinatewise = True
+
+    def init(self, params, *, generator=None):
+        return ()
+
+    def update(self, grads, state, params, context):
+        return {k: v - 0.1 * grads[k] / grads[k].norm() for k, v in params.items()}, state
+
+
 @pytest.mark.parametrize(
     "plugin,check,message",
     [
+        (_NormalisedSGD, "coordinatewise_flat", "flat vector vs named tensors"),
         (_InPlaceSGD, "out_of_place", "modified params entry"),
         (_WrongShape, "interface", "has shape"),
         (_Diverging, "converges_on_quadratic", "expected below half"),

@@ -22,9 +22,10 @@ constant, which has the same gradient: the learner is differentiated once per st
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,8 +35,7 @@ from ..learner import FunctionalLearner
 from ..optim.base import Params, StepContext
 from ..optim.tree import tree_map
 from ..task import TaskSpec
-from ..tasks.datasets import normalise
-from ..training import batch_schedule
+from ..training import batch_schedule, minibatch
 from .spec import MetaTrainingSpec
 
 
@@ -157,9 +157,8 @@ def _trial(
     meta_objective: Tensor | None = None
     unroll_start, losses = 0, []
     for t in range(horizon + 1):
-        indices = schedule[t]
-        inputs = normalise(data.train_images[indices], data.mean, data.std)
-        loss = learner.loss(params, inputs, data.train_labels[indices])
+        inputs, labels = minibatch(data.train_images, data.train_labels, schedule[t], data.mean, data.std)
+        loss = learner.loss(params, inputs, labels)
         losses.append(loss.item())
         grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
         if t > unroll_start:

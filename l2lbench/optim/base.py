@@ -69,11 +69,18 @@ class Optimizer:
         differentiable: ``update`` is built from differentiable out-of-place tensor ops,
             so gradients flow from later losses into the meta-parameters and the params.
         learned: it has meta-parameters that must be meta-trained before it is meaningful.
+        coordinatewise: ``update`` treats every coordinate alike, from that coordinate's
+            own gradient, parameter and state entries (plus the shared context): applied
+            to all tensors concatenated into one flat vector it gives the same numbers.
+            The runner then trains on one flat vector, one tensor operation per formula
+            instead of one per learner tensor (SGD, Adam, the coordinatewise LSTMs). The
+            conformance check ``coordinatewise_flat`` holds a plug-in to it.
     """
 
     batchable: ClassVar[bool] = True
     differentiable: ClassVar[bool] = True
     learned: ClassVar[bool] = False
+    coordinatewise: ClassVar[bool] = False
 
     def init(self, params: Params, *, generator: torch.Generator | None = None) -> State:
         raise NotImplementedError

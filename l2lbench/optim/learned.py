@@ -71,7 +71,13 @@ def bind_fresh(optimizer: Any, seed: int = 0) -> Any:
 
 
 def flatten_coordinates(tree: Params) -> Tensor:
-    """All tensors of ``tree`` as one flat vector of coordinates, in the tree's key order."""
+    """All tensors of ``tree`` as one flat vector of coordinates, in the tree's key order.
+
+    A tree of one tensor (the runner hands coordinatewise optimisers one flat vector) gives
+    a view of it, not a copy: treat the result as read-only.
+    """
+    if len(tree) == 1:
+        return next(iter(tree.values())).reshape(-1)
     return torch.cat([v.reshape(-1) for v in tree.values()])
 
 

@@ -173,6 +173,28 @@ def check_vmap_matches_loop(optimizer: Any) -> None:
         _assert_close({k: v[i] for k, v in params.items()}, single, f"seed {i} under vmap", atol=1e-5)
 
 
+def check_coordinatewise_flat(optimizer: Any) -> None:
+    """A ``coordinatewise`` plug-in takes the same steps on one flat vector of all the
+    coordinates as on the named tensors (the runner relies on it)."""
+    if not capability(optimizer, "coordinatewise"):
+        raise Skipped("does not declare coordinatewise = True")
+    problem = Quadratic.make()
+    expected, _ = _run(optimizer, problem, problem.init(), 5)
+    shapes = {k: v.shape for k, v in problem.init().items()}
+
+    def named(flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(shapes, (t.view(shape) for t, shape in zip(flat.split([s.numel() for s in shapes.values()]), shapes.values()))))
+
+    flat = {"coordinates": torch.cat([v.reshape(-1) for v in problem.init().values()])}
+    state = optimizer.init(flat, generator=torch.Generator().manual_seed(0))
+    for t in range(5):
+        params = named(flat["coordinates"])
+        grads = {"coordinates": torch.cat([g.reshape(-1) for g in problem.grads(params).values()])}
+        flat, state = optimizer.update(grads, state, flat, _context(t, params, problem.loss(params)))
+        assert set(flat) == {"coordinates"}, f"update on a flat vector returned keys {sorted(flat)}"
+    _assert_close(named(flat["coordinates"]), expected, "flat vector vs named tensors", atol=1e-6)
+
+
 def _in_float64(optimizer: Any) -> Any:
     # Finite differences need float64 throughout, meta-parameters included.
     if capability(optimizer, "learned"):
@@ -334,6 +356,7 @@ CHECKS: dict[str, Callable[[Any], None]] = {
     "deterministic": check_deterministic,
     "converges_on_quadratic": check_converges,
     "vmap_matches_loop": check_vmap_matches_loop,
+    "coordinatewise_flat": check_coordinatewise_flat,
     "differentiable": check_differentiable,
     "adapter_matches_functional": check_adapter_matches_functional,
     "state_dict_roundtrip": check_state_dict_roundtrip,
