@@ -15,7 +15,7 @@ from l2lbench.learner import FunctionalLearner
 from l2lbench.optim.base import StepContext
 from l2lbench.optim.learned import bind_fresh, flatten_coordinates, preprocess_gradients, preprocess_rows
 from l2lbench.optimizers.lstm import LSTMOptimizer, lstm, lstm_layer, lstm_layer_fused, lstm_layer_inplace
-from l2lbench.optimizers.mtl2l import FAMILIES, mtl2l
+from l2lbench.optimizers.mtl2l import FAMILIES, haar_orthogonal, mtl2l
 from l2lbench.task import TaskSpec
 from l2lbench.training import PreparedData, execution_mode, run_seeds
 
@@ -176,6 +176,30 @@ def test_mtl2l_factors_are_orthonormal_fixed_buffers():
     # Distinct per gate and per family.
     assert not torch.allclose(buffers["q"][0], buffers["q"][1])
     assert not torch.allclose(buffers["q"][0], buffers["p"][0])
+
+
+@pytest.mark.parametrize("dim,count,seed", [(20, 16, 0), (20, 16, 123456789), (3, 2, 7)])
+def test_haar_orthogonal_equals_scipy_ortho_group(dim, count, seed):
+    from scipy.stats import ortho_group
+
+    expected = ortho_group.rvs(dim=dim, size=count, random_state=seed)
+    assert (haar_orthogonal(dim, count, seed) == expected).all()
+
+
+def test_meta_training_process_does_not_import_scipy():
+    # scipy.stats costs 63 MB of resident memory; init_meta must not pull it in.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from l2lbench.optim.learned import bind_fresh\n"
+        "from l2lbench.optimizers.mtl2l import mtl2l\n"
+        "bind_fresh(mtl2l())\n"
+        "print('scipy' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def _reference_mtl2l_step(opt, grads, state, params, inputs):
