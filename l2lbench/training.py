@@ -135,14 +135,15 @@ def keep_freed_memory() -> bool:
 
 def execution_mode(optimizer: Any, seeds: int, *, vectorize: bool = True) -> str:
     """How :func:`run_seeds` runs ``seeds`` seeds of ``optimizer``: ``"single"`` (one
-    seed), ``"vmap"`` (learner and update batched), ``"vmap learner, update per seed"``
+    seed), ``"batched"`` (the learner's gradients in one stacked pass, ``update`` under
+    ``vmap``), ``"batched learner, update per seed"``
     (``update_per_seed`` optimisers) or ``"per seed"`` (not batchable, or
     ``vectorize=False``)."""
     if seeds == 1:
         return "single"
     if not (vectorize and capability(optimizer, "batchable")):
         return "per seed"
-    return "vmap learner, update per seed" if _update_per_seed(optimizer) else "vmap"
+    return "batched learner, update per seed" if _update_per_seed(optimizer) else "batched"
 
 
 def _update_per_seed(optimizer: Any) -> bool:

@@ -429,7 +429,7 @@ def test_batched_seeds_update_per_seed_like_single_runs(factory, tmp_path):
     learner = FunctionalLearner(task.learner.build(task.dataset.input_shape, task.dataset.num_classes))
     data = PreparedData.from_splits(task.dataset.load(tmp_path), task, torch.device("cpu"))
     opt = bind_fresh(factory())
-    assert execution_mode(opt, 3) == "vmap learner, update per seed"
+    assert execution_mode(opt, 3) == "batched learner, update per seed"
     assert execution_mode(opt, 1) == "single" and execution_mode(opt, 3, vectorize=False) == "per seed"
     batched = run_seeds(task, opt, learner, data, [0, 1, 2], device=torch.device("cpu"))
     alone = run_seeds(task, opt, learner, data, [0, 1, 2], device=torch.device("cpu"), vectorize=False)

@@ -70,7 +70,7 @@ def test_batched_seeds_match_one_by_one(setup, name):
     task, registry, data_dir = setup
     batched = _run(task, registry, data_dir, name, seeds=(0, 1, 2))
     single = _run(task, registry, data_dir, name, seeds=(0, 1, 2), vectorize=False)
-    assert batched[0].provenance["execution"] == "vmap over 3 seeds"
+    assert batched[0].provenance["execution"] == "batched over 3 seeds"
     assert single[0].provenance["execution"] == "per seed"
     for b, s in zip(batched, single):
         assert b.seed == s.seed and b.eval_steps == s.eval_steps == [0, 5, 10, 12]
@@ -88,7 +88,7 @@ def test_nan_is_recorded_as_divergence_with_its_step(setup):
         assert r.diverged_step == 4
         assert len(r.train_loss) == 4 and all(math.isfinite(v) for v in r.train_loss)
         assert r.eval_steps == [0]
-    assert records[0].provenance["execution"] == "vmap over 2 seeds"
+    assert records[0].provenance["execution"] == "batched over 2 seeds"
 
 
 def test_plugin_exception_is_a_failed_run_with_its_message(setup):
