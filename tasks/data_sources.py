@@ -10,11 +10,15 @@ and CIFAR-10, laid out as torchvision lays them out under a *data dir*::
     DATA/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}
 
 Every file is checked against the md5 that torchvision publishes for it before it is
-parsed, because torchvision itself does not re-check MNIST files it has already extracted
-and a truncated download would otherwise train silently on part of a dataset. The
-checksums live in :data:`CHECKSUMS`, filled lazily from torchvision's class attributes so
-that tests can substitute the checksums of the tiny files they write while exercising the
-same code path as production.
+parsed, because a truncated download would otherwise train silently on part of a dataset.
+The checksums live in :data:`CHECKSUMS`, a copy of torchvision's published table, so that
+tests can substitute the checksums of the tiny files they write while exercising the same
+code path as production.
+
+Files already on disk are parsed here (IDX with numpy, CIFAR-10 batches with a restricted
+unpickler), never through torchvision: importing torchvision adds about 170 MB of resident
+memory to the process, three times the size of MNIST itself. torchvision is imported only
+to download files that are missing.
 
 Nothing here writes a file in place: every write goes to a temporary file in the target
 folder first and is moved over the final name with :func:`os.replace`, so a crash leaves
@@ -26,22 +30,56 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import math
 import os
 import pickle
+import struct
 import tarfile
 import tempfile
 import zlib
 from pathlib import Path
-from typing import IO, Callable, Iterable
+from typing import IO, Callable
 from urllib.error import URLError
 
+import numpy as np
 import torch
 
 from l2lbench.errors import DataCorruptError, DataMissingError, UsageError
 
 #: source name (torchvision class name) -> path relative to the data dir -> md5 hex digest.
-#: Filled on first use from torchvision (:func:`checksums`); tests patch entries in.
-CHECKSUMS: dict[str, dict[str, str]] = {}
+#: These are torchvision's published digests (``MNIST.resources``, ``CIFAR10.tgz_md5``, ...),
+#: copied here so that loading files already on disk need not import torchvision; a test
+#: keeps them equal to torchvision's. Tests patch whole entries with the md5s of tiny files.
+CHECKSUMS: dict[str, dict[str, str]] = {
+    "MNIST": {
+        "MNIST/raw/train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "MNIST/raw/train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "MNIST/raw/t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "MNIST/raw/t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+    "FashionMNIST": {
+        "FashionMNIST/raw/train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "FashionMNIST/raw/train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "FashionMNIST/raw/t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
+    "KMNIST": {
+        "KMNIST/raw/train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
+        "KMNIST/raw/train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
+        "KMNIST/raw/t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
+        "KMNIST/raw/t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134",
+    },
+    "CIFAR10": {
+        "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+        "cifar-10-batches-py/data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "cifar-10-batches-py/data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "cifar-10-batches-py/data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "cifar-10-batches-py/data_batch_4": "634d18415352ddfa80567beed471001a",
+        "cifar-10-batches-py/data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "cifar-10-batches-py/test_batch": "40351d587109b95175f43aff81a1287e",
+        "cifar-10-batches-py/batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+    },
+}
 
 #: The four gzipped IDX files of every MNIST-style dataset, in DATA/<Name>/raw/.
 IDX_FILES = (
@@ -62,28 +100,18 @@ _CHUNK = 1 << 20
 RawSplits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _torchvision_checksums(source: str) -> dict[str, str]:
-    """The published md5s of ``source``'s files, read from torchvision's class attributes."""
-    import torchvision.datasets as tvd
-
-    if source in ("MNIST", "FashionMNIST", "KMNIST"):
-        cls = getattr(tvd, source)
-        return {f"{source}/raw/{name}": md5 for name, md5 in cls.resources}
-    if source == "CIFAR10":
-        cls = tvd.CIFAR10
-        table = {CIFAR10_ARCHIVE: cls.tgz_md5}
-        for name, md5 in [*cls.train_list, *cls.test_list]:
-            table[f"{cls.base_folder}/{name}"] = md5
-        table[f"{cls.base_folder}/{cls.meta['filename']}"] = cls.meta["md5"]
-        return table
-    raise KeyError(f"no checksums known for dataset source {source!r}")
-
-
 def checksums(source: str) -> dict[str, str]:
-    """md5 table of one source (``"MNIST"``, ``"CIFAR10"``, ...): path in the data dir -> md5."""
-    if source not in CHECKSUMS:
-        CHECKSUMS[source] = _torchvision_checksums(source)
-    return CHECKSUMS[source]
+    """md5 table of one source (``"MNIST"``, ``"CIFAR10"``, ...): path in the data dir -> md5.
+
+    Looked up at each call (not bound at import) so that tests' patches of
+    :data:`CHECKSUMS` take effect.
+    """
+    try:
+        return CHECKSUMS[source]
+    except KeyError:
+        raise KeyError(
+            f"no checksums known for dataset source {source!r}; expected one of {sorted(CHECKSUMS)}"
+        ) from None
 
 
 def md5_of(path: Path) -> str:
@@ -180,7 +208,7 @@ class IDXSource:
         return f"DIR/{self.name}/raw/*.gz"
 
     def ensure(self, data_dir: Path, *, download: bool, dataset: str) -> None:
-        """Make verified archives and their extracted files ready for torchvision.
+        """Make verified archives and their extracted files ready to be parsed.
 
         Archives already present are verified first (a bad one raises at once rather
         than being "repaired" by a download that the network may not allow); missing
@@ -213,10 +241,11 @@ class IDXSource:
                 raise _unwritable_error(dataset, raw, exc) from exc
 
     def read(self, data_dir: Path) -> RawSplits:
-        """Parse the extracted files with torchvision: (N,28,28) uint8 images, (N,) int64 labels."""
-        import torchvision.datasets as tvd
+        """Parse the extracted files: (N,28,28) uint8 images, (N,) int64 labels.
 
-        cls = getattr(tvd, self.name)
+        The same tensors as torchvision's ``MNIST(...).data`` and ``.targets``, without
+        importing torchvision (see the module docstring).
+        """
         raw = data_dir / self.name / "raw"
         legacy = data_dir / self.name / "processed"
         if (legacy / "training.pt").is_file() and (legacy / "test.pt").is_file():
@@ -225,15 +254,13 @@ class IDXSource:
                 f"dataset {self.dataset!r}: {legacy} holds torchvision's old training.pt/test.pt, "
                 "which would be read instead of the verified archives; delete that folder"
             )
-        try:
-            train = cls(root=str(data_dir), train=True, download=False)
-            test = cls(root=str(data_dir), train=False, download=False)
-        except _PARSE_ERRORS as exc:
-            raise DataCorruptError(
-                f"dataset files in {raw} cannot be parsed as IDX ({type(exc).__name__}); "
-                "delete them and download or import them again"
-            ) from exc
-        return train.data, train.targets, test.data, test.targets
+        splits = []
+        for prefix in ("train", "t10k"):
+            images = read_idx(raw / f"{prefix}-images-idx3-ubyte", (28, 28))
+            labels = read_idx(raw / f"{prefix}-labels-idx1-ubyte", ())
+            splits += [torch.from_numpy(images), torch.from_numpy(labels).to(torch.int64)]
+        train_x, train_y, test_x, test_y = splits
+        return train_x, train_y, test_x, test_y
 
     def importable(self, source_dir: Path) -> list[str]:
         """The files to import from ``source_dir``: all four, or none if none is there."""
@@ -247,8 +274,78 @@ class IDXSource:
         return present
 
 
+#: Type byte of unsigned 8-bit data in an IDX magic number (0x0000 <type> <ndim>).
+_IDX_UBYTE = 0x08
+
+
+def read_idx(path: Path, item_shape: tuple[int, ...]) -> np.ndarray:
+    """The uint8 array stored in an (uncompressed) IDX file, checked item shape and size.
+
+    IDX, the format of MNIST and its look-alikes: a big-endian uint32 magic
+    ``0x000008<ndim>`` (``0x08``: unsigned bytes), ``ndim`` big-endian uint32 dimensions,
+    then the values in row-major order. The file must hold exactly the values its header
+    announces, so a truncated or padded file is refused rather than read as a smaller
+    dataset.
+
+    Args:
+        path: the extracted file, e.g. ``DATA/MNIST/raw/train-images-idx3-ubyte``.
+        item_shape: the shape of one item after the leading count: ``(28, 28)`` for
+            images (magic 0x00000803), ``()`` for labels (magic 0x00000801).
+
+    Returns:
+        An array of shape ``(N, *item_shape)`` that owns its memory (writable, so
+        :func:`torch.from_numpy` shares it without a copy or a warning).
+
+    Raises:
+        DataCorruptError: bad magic, other item shape, wrong size or unreadable file;
+            the message names the file.
+    """
+    ndim = 1 + len(item_shape)
+    header_size = 4 * (1 + ndim)
+    magic_expected = (_IDX_UBYTE << 8) | ndim
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            header = handle.read(header_size)
+    except OSError as exc:
+        raise _idx_error(path, exc.strerror or str(exc)) from exc
+    if len(header) < header_size:
+        raise _idx_error(
+            path, f"{size} bytes, shorter than the {header_size}-byte header of {ndim}-d data"
+        )
+    magic, *dims = struct.unpack(f">{1 + ndim}I", header)
+    if magic != magic_expected:
+        raise _idx_error(
+            path, f"magic 0x{magic:08x}, expected 0x{magic_expected:08x} for {ndim}-d uint8 data"
+        )
+    if tuple(dims[1:]) != item_shape:
+        wanted = ", ".join(["N", *map(str, item_shape)]) + ("," if not item_shape else "")
+        raise _idx_error(path, f"dimensions {tuple(dims)}, expected ({wanted})")
+    count = math.prod(dims)
+    if size != header_size + count:
+        raise _idx_error(
+            path,
+            f"{size} bytes, expected {header_size + count} for dimensions {tuple(dims)} "
+            "(truncated or padded)",
+        )
+    try:
+        values = np.fromfile(path, dtype=np.uint8, count=count, offset=header_size)
+    except OSError as exc:
+        raise _idx_error(path, exc.strerror or str(exc)) from exc
+    if values.size != count:  # the file shrank between the size check and the read
+        raise _idx_error(path, f"{values.size} values read, expected {count}")
+    return values.reshape(dims)
+
+
+def _idx_error(path: Path, reason: str) -> DataCorruptError:
+    return DataCorruptError(
+        f"dataset files in {path.parent} cannot be parsed as IDX ({path.name}: {reason}); "
+        "delete them and download or import them again"
+    )
+
+
 def _ensure_gunzipped(archive: Path) -> None:
-    """Extract ``x.gz`` to ``x`` (as torchvision reads it) unless ``x`` has the right size."""
+    """Extract ``x.gz`` to ``x`` (what :func:`read_idx` parses) unless ``x`` has the right size."""
     target = archive.with_suffix("")
     expected = _gzip_size(archive)
     if target.is_file() and target.stat().st_size == expected:
@@ -285,7 +382,7 @@ class CIFAR10Source:
         return f"DIR/{CIFAR10_ARCHIVE}"
 
     def ensure(self, data_dir: Path, *, download: bool, dataset: str) -> None:
-        """Make a verified ``cifar-10-batches-py`` folder ready for torchvision.
+        """Make a verified ``cifar-10-batches-py`` folder ready to be parsed.
 
         A verified archive in the data dir is the source of truth: batch files that are
         missing or fail their checksum are (re-)extracted from it. Without an archive a
@@ -328,24 +425,15 @@ class CIFAR10Source:
             verify_file(data_dir / rel, table[rel])
 
     def read(self, data_dir: Path) -> RawSplits:
-        """Parse the batches with torchvision: (N,3,32,32) uint8 images, (N,) int64 labels."""
-        cls = _torchvision_cifar10(checksums(self.name))
-        try:
-            train = cls(root=str(data_dir), train=True, download=False)
-            test = cls(root=str(data_dir), train=False, download=False)
-        except _PARSE_ERRORS as exc:
-            raise DataCorruptError(
-                f"dataset files in {data_dir / CIFAR10_FOLDER} cannot be parsed as CIFAR-10 "
-                f"batches ({type(exc).__name__}); delete them and download or import them again"
-            ) from exc
+        """Parse the batches: (N,3,32,32) uint8 images, (N,) int64 labels.
 
-        def images(data: object) -> torch.Tensor:
-            return torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
-
-        def labels(targets: Iterable[int]) -> torch.Tensor:
-            return torch.as_tensor(list(targets), dtype=torch.int64)
-
-        return images(train.data), labels(train.targets), images(test.data), labels(test.targets)
+        The same values as torchvision's ``CIFAR10(...).data`` (there NHWC) and
+        ``.targets``, without importing torchvision (see the module docstring).
+        """
+        folder = data_dir / CIFAR10_FOLDER
+        train_x, train_y = _read_cifar_batches([folder / n for n in CIFAR10_TRAIN])
+        test_x, test_y = _read_cifar_batches([folder / n for n in CIFAR10_TEST])
+        return train_x, train_y, test_x, test_y
 
     def importable(self, source_dir: Path) -> list[str]:
         """The archive if present, plus the extracted folder if it is there and complete."""
@@ -360,11 +448,84 @@ class CIFAR10Source:
         return found + present
 
 
+#: The only globals a CIFAR-10 batch may name: what unpickling a numpy array needs.
+_CIFAR10_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"),  # arrays pickled by numpy < 2 (the originals)
+    ("numpy._core.multiarray", "_reconstruct"),  # arrays pickled by numpy >= 2
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # bytes pickled by Python 3 at protocol 2
+})
+_CIFAR10_ROW = 3 * 32 * 32
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickler that can build dicts, lists and numpy arrays but call nothing else.
+
+    The batches are md5-verified before they are read, but a pickle can run any callable
+    it names; refusing all but numpy's reconstruction keeps a bad file a parse error.
+    """
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _CIFAR10_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"global {module}.{name} is not allowed; expected only numpy arrays"
+            )
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(N,3,32,32) uint8 images and (N,) int64 labels of one pickled CIFAR-10 batch.
+
+    A batch is a Python 2 pickle of a dict whose ``data`` is an (N, 3072) uint8 array
+    (each row the 1024 red values, then green, then blue, row-major) and whose ``labels``
+    is a list of N ints. Read with ``encoding="latin1"`` as torchvision does, which gives
+    ``str`` keys and the arrays' raw bytes unchanged.
+
+    Raises:
+        DataCorruptError: unreadable, not such a dict, or an unexpected global; names the file.
+    """
+    try:
+        with open(path, "rb") as handle:
+            entry = _BatchUnpickler(handle, encoding="latin1").load()
+    except _PARSE_ERRORS as exc:
+        raise _cifar_error(path, f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(entry, dict):
+        raise _cifar_error(path, f"a pickled {type(entry).__name__}, expected a dict")
+    data = entry.get("data")
+    is_array = isinstance(data, np.ndarray)
+    if not (is_array and data.dtype == np.uint8 and data.shape[1:] == (_CIFAR10_ROW,)):
+        found = f"{data.shape} {data.dtype}" if is_array else type(data).__name__
+        raise _cifar_error(path, f"'data' is {found}, expected (N, {_CIFAR10_ROW}) uint8")
+    labels = entry.get("labels")
+    is_list = isinstance(labels, list)
+    if not (is_list and len(labels) == len(data) and all(type(v) is int for v in labels)):
+        found = f"a list of {len(labels)}" if is_list else type(labels).__name__
+        raise _cifar_error(path, f"'labels' is {found}, expected a list of {len(data)} ints")
+    return data.reshape(-1, 3, 32, 32), np.array(labels, dtype=np.int64)
+
+
+def _read_cifar_batches(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batches in ``paths`` read and joined in order: (N,3,32,32) uint8, (N,) int64."""
+    batches = [read_cifar_batch(p) for p in paths]
+    images = np.concatenate([b[0] for b in batches])
+    labels = np.concatenate([b[1] for b in batches])
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def _cifar_error(path: Path, reason: str) -> DataCorruptError:
+    return DataCorruptError(
+        f"dataset files in {path.parent} cannot be parsed as CIFAR-10 batches "
+        f"({path.name}: {reason}); delete them and download or import them again"
+    )
+
+
 def _torchvision_cifar10(table: dict[str, str]) -> type:
     """torchvision's CIFAR10 reading its md5s from ``table`` (equal to its own in production).
 
-    torchvision re-checks every batch against its class attributes on each load; routing
-    those through :data:`CHECKSUMS` keeps one source of truth for the expected md5s.
+    Used only to download: torchvision checks the archive and every batch against its class
+    attributes, and routing those through :data:`CHECKSUMS` keeps one source of truth for
+    the expected md5s (and lets tests exercise the download path with their own files).
     """
     from torchvision.datasets import CIFAR10
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 import doctest
 import importlib.util
+import json
 import math
 import os
+import struct
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -118,8 +121,168 @@ def test_idx_reader_returns_exact_pixels_and_labels(tmp_path, monkeypatch, cls):
     assert splits.test_labels.tolist() == arrays["test_labels"].tolist()
     assert (splits.mean, splits.std) == (cls().mean, cls().std)
     assert cls().input_shape == (1, 28, 28) and cls().num_classes == 10
-    # torchvision reads the extracted files, which the loader made from the archives
+    # the parser reads the extracted files, which the loader made from the archives
     assert (tmp_path / IDX_KINDS[cls] / "raw" / "train-images-idx3-ubyte").is_file()
+
+
+@pytest.mark.parametrize("folder", ["MNIST", "FashionMNIST", "KMNIST", "CIFAR10"])
+def test_own_parsers_give_torchvisions_tensors(tmp_path, monkeypatch, folder):
+    """The numpy/pickle parsers return what torchvision's dataset classes hold."""
+    if folder == "CIFAR10":
+        write_cifar(monkeypatch, tmp_path)
+        CIFAR10GreySpec().load(tmp_path, download=False)
+        reference = data_sources._torchvision_cifar10(CHECKSUMS["CIFAR10"])
+    else:
+        write_idx(monkeypatch, tmp_path, folder)
+        next(c for c, f in IDX_KINDS.items() if f == folder)().load(tmp_path, download=False)
+        reference = getattr(torchvision.datasets, folder)
+
+    ours = data_sources.SOURCES[folder].read(tmp_path)
+
+    theirs = []
+    for train in (True, False):
+        tv = reference(root=str(tmp_path), train=train, download=False)
+        if folder == "CIFAR10":  # torchvision keeps NHWC numpy and a list of labels
+            theirs += [torch.from_numpy(tv.data).permute(0, 3, 1, 2), torch.tensor(tv.targets)]
+        else:
+            theirs += [tv.data, tv.targets]
+    for mine, expected in zip(ours, theirs):
+        assert mine.dtype == expected.dtype and mine.shape == expected.shape
+        assert torch.equal(mine, expected) and mine.is_contiguous()
+
+
+def test_loading_files_on_disk_does_not_import_torchvision(tmp_path, monkeypatch):
+    # torchvision costs ~170 MB of resident memory; a fresh process has a clean sys.modules
+    tables = {f: files.write_idx_dataset(tmp_path, f, files.make_idx_arrays()) for f in
+              IDX_KINDS.values()}
+    tables["CIFAR10"] = files.write_cifar10(tmp_path, files.make_cifar_arrays())
+    code = textwrap.dedent(
+        """
+        import json, sys
+        from pathlib import Path
+        import l2lbench.tasks.datasets as d
+
+        d.CHECKSUMS.update(json.loads(sys.argv[2]))
+        specs = [d.MNISTSpec(), d.FashionMNISTSpec(), d.KMNISTSpec(), d.CIFAR10GreySpec(),
+                 d.PermutedMNISTSpec()]
+        for spec in specs:
+            spec.load(Path(sys.argv[1]), download=False)
+        imported = sorted(m for m in sys.modules if m.partition(".")[0] == "torchvision")
+        assert not imported, f"loading imported {imported}"
+        print("loaded", len(specs))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), json.dumps(tables)],
+        check=False, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "loaded 5"
+
+
+def _malformed_idx(arrays: dict[str, np.ndarray]) -> dict[str, tuple[str, bytes, str]]:
+    """case -> (file name, uncompressed content, text the error must contain)."""
+    images = files.idx_bytes(arrays["train_images"])  # 6 images: 16 + 6*28*28 = 4720 bytes
+    labels = files.idx_bytes(arrays["test_labels"])  # 4 labels: 8 + 4 = 12 bytes
+    name = files.IDX_NAMES
+    return {
+        "bad-magic": (name["train", "images"], b"\0\0\x09\x03" + images[4:],
+                      "magic 0x00000903, expected 0x00000803"),
+        "labels-as-images": (name["test", "labels"], images, "expected 0x00000801"),
+        "truncated": (name["train", "images"], images[:-5], "4715 bytes, expected 4720"),
+        "padded": (name["test", "labels"], labels + b"\0", "13 bytes, expected 12"),
+        "short-header": (name["test", "labels"], labels[:6], "6 bytes, shorter than"),
+        "not-28x28": (name["train", "images"], files.idx_bytes(arrays["train_images"][:, 1:]),
+                      "dimensions (6, 27, 28), expected (N, 28, 28)"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_malformed_idx(files.make_idx_arrays())))
+def test_malformed_idx_file_is_one_line_corrupt_error_naming_it(tmp_path, monkeypatch, case):
+    arrays = write_idx(monkeypatch, tmp_path, "MNIST")
+    name, content, needle = _malformed_idx(arrays)[case]
+    archive = tmp_path / "MNIST" / "raw" / name
+    files.write_gzip(archive, content)
+    CHECKSUMS["MNIST"][f"MNIST/raw/{name}"] = files.md5(archive)  # the test's own table
+
+    with pytest.raises(DataCorruptError) as exc:
+        MNISTSpec().load(tmp_path, download=False)
+
+    message = one_line(exc)
+    raw = tmp_path / "MNIST" / "raw"
+    assert f"dataset files in {raw} cannot be parsed as IDX ({archive.stem}: " in message
+    assert needle in message and "download or import them again" in message
+
+
+def test_idx_parser_reads_labels_and_refuses_a_missing_file(tmp_path):
+    path = tmp_path / "labels-idx1-ubyte"
+    path.write_bytes(struct.pack(">II", 0x801, 3) + bytes([7, 0, 9]))
+    labels = data_sources.read_idx(path, ())
+    assert labels.dtype == np.uint8 and labels.tolist() == [7, 0, 9] and labels.flags.writeable
+    with pytest.raises(DataCorruptError, match="nowhere-idx1-ubyte: No such file"):
+        data_sources.read_idx(tmp_path / "nowhere-idx1-ubyte", ())
+
+
+def _py2_array(array: np.ndarray) -> bytes:
+    """Pickle opcodes for a 2-d uint8 array as Python 2 with numpy < 2 wrote them.
+
+    That is the form of the published CIFAR-10 batches: globals
+    ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and ``numpy.dtype``, and the
+    raw bytes as a Python 2 ``str``; the test helpers' pickler would write numpy 2's names.
+    """
+    rows, cols = array.shape
+    dtype = (b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R"
+             b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+    raw = array.tobytes()
+    return (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
+        + b"(K\x01J" + struct.pack("<i", rows) + b"J" + struct.pack("<i", cols) + b"\x86"
+        + dtype + b"\x89T" + struct.pack("<I", len(raw)) + raw + b"tb"
+    )
+
+
+def test_cifar_batch_in_the_original_python2_numpy1_form_is_read(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    batch = (b"\x80\x02}(U\x04data" + _py2_array(images.reshape(3, -1))
+             + b"U\x06labels](K\x07K\x00K\x09eu.")
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(batch)
+
+    x, y = data_sources.read_cifar_batch(path)
+
+    assert x.dtype == np.uint8 and np.array_equal(x, images)
+    assert y.dtype == np.int64 and y.tolist() == [7, 0, 9]
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b"\x80\x02cos\nsystem\nU\x04true\x85R.", "global os.system is not allowed"),
+        (files.py2_pickle({b"data": np.zeros((2, 5), np.uint8), b"labels": [1, 2]}),
+         "'data' is (2, 5) uint8, expected (N, 3072) uint8"),
+        (files.py2_pickle({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1]}),
+         "'labels' is a list of 1, expected a list of 2 ints"),
+        (files.py2_pickle({b"data": np.zeros((1, 3072), np.uint8), b"labels": [b"3"]}),
+         "'labels' is a list of 1, expected a list of 1 ints"),
+        (b"\x80\x02]q\x00.", "a pickled list, expected a dict"),
+        (b"\x80\x02}(U\x04data", "EOFError"),
+    ],
+    ids=["foreign-global", "data-shape", "label-count", "label-type", "not-a-dict", "truncated"],
+)
+def test_malformed_cifar_batch_is_one_line_corrupt_error_naming_it(
+    tmp_path, monkeypatch, content, needle
+):
+    write_cifar(monkeypatch, tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(content)
+    CHECKSUMS["CIFAR10"]["cifar-10-batches-py/data_batch_2"] = files.md5(batch)
+
+    with pytest.raises(DataCorruptError) as exc:
+        CIFAR10GreySpec().load(tmp_path, download=False)
+
+    message = one_line(exc)
+    assert f"in {batch.parent} cannot be parsed as CIFAR-10 batches (data_batch_2: " in message
+    assert needle in message
 
 
 def test_default_normalisations():
@@ -486,18 +649,37 @@ def test_truncated_archive_raises_corrupt_naming_file_and_md5s(tmp_path, monkeyp
 def test_unpublished_files_fail_with_the_real_checksums(tmp_path):
     # no patching: tiny files are not the published MNIST, so the real md5s refuse them
     files.write_idx_dataset(tmp_path, "MNIST", files.make_idx_arrays())
-    assert CHECKSUMS.get("MNIST", {}).get("MNIST/raw/train-images-idx3-ubyte.gz") in (
-        None,
-        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    )
-    with pytest.raises(DataCorruptError, match="f68b3c2dcbeaaa9fbdd348bbdeb94873"):
+    published = "f68b3c2dcbeaaa9fbdd348bbdeb94873"
+    assert CHECKSUMS["MNIST"]["MNIST/raw/train-images-idx3-ubyte.gz"] == published
+    with pytest.raises(DataCorruptError, match=published):
         MNISTSpec().load(tmp_path, download=False)
-    assert datasets.checksums("FashionMNIST") == {
-        f"FashionMNIST/raw/{name}": md5 for name, md5 in torchvision.datasets.FashionMNIST.resources
+
+
+def _torchvision_table() -> dict[str, dict[str, str]]:
+    """The md5s torchvision's dataset classes publish, in the shape of CHECKSUMS."""
+    tvd = torchvision.datasets
+    table = {
+        name: {f"{name}/raw/{file}": md5 for file, md5 in getattr(tvd, name).resources}
+        for name in ("MNIST", "FashionMNIST", "KMNIST")
     }
-    cifar = datasets.checksums("CIFAR10")
-    assert cifar["cifar-10-python.tar.gz"] == torchvision.datasets.CIFAR10.tgz_md5
-    assert cifar["cifar-10-batches-py/batches.meta"] == torchvision.datasets.CIFAR10.meta["md5"]
+    cifar = tvd.CIFAR10
+    table["CIFAR10"] = {"cifar-10-python.tar.gz": cifar.tgz_md5}
+    for file, md5 in [*cifar.train_list, *cifar.test_list]:
+        table["CIFAR10"][f"{cifar.base_folder}/{file}"] = md5
+    table["CIFAR10"][f"{cifar.base_folder}/{cifar.meta['filename']}"] = cifar.meta["md5"]
+    return table
+
+
+def test_checksum_table_is_torchvisions_published_table():
+    published = _torchvision_table()
+    assert CHECKSUMS == published
+    for source, table in published.items():
+        assert datasets.checksums(source) == table
+        assert set(table) == set(data_sources.SOURCES[source].files if source != "CIFAR10"
+                                 else [data_sources.CIFAR10_ARCHIVE,
+                                       *data_sources.SOURCES[source].members])
+    with pytest.raises(KeyError, match="'SVHN'"):
+        datasets.checksums("SVHN")
 
 
 def test_truncated_extracted_file_is_extracted_again(tmp_path, monkeypatch):
@@ -621,7 +803,8 @@ def test_import_has_no_side_effects():
     code = (
         "import sys, l2lbench.tasks.datasets as d\n"
         "assert 'torchvision' not in sys.modules, 'torchvision imported eagerly'\n"
-        "assert d.CHECKSUMS == {} and d._CACHE == {}\n"
+        "assert d._CACHE == {}\n"
+        "assert set(d.CHECKSUMS) == {'MNIST', 'FashionMNIST', 'KMNIST', 'CIFAR10'}\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
