@@ -225,7 +225,8 @@ class DatasetSpec:
 
 
 class _TorchvisionIDX(DatasetSpec):
-    """MNIST-style datasets read by torchvision from their gzipped IDX files."""
+    """MNIST-style datasets: four gzipped IDX files, verified, extracted and parsed (torchvision
+    only downloads them)."""
 
     _source: ClassVar[str]
     mean: float
