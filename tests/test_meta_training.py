@@ -67,16 +67,57 @@ def test_meta_updates_per_unroll_and_learner_steps(tmp_path):
 
 def test_meta_gradients_are_clamped(tmp_path, monkeypatch):
     seen = []
-    real_step = torch.optim.Adam.step
+    real_step = train_module.MetaAdam.step
 
     def spy(self, *args, **kwargs):
-        seen.append(max(p.grad.abs().max().item() for group in self.param_groups for p in group["params"] if p.grad is not None))
+        seen.append(max(p.grad.abs().max().item() for p in self.params.values() if p.grad is not None))
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    monkeypatch.setattr(train_module.MetaAdam, "step", spy)
     meta_train(lstm(), _spec(clip=1e-4), data_dir=tmp_path, device=CPU, progress=False)
     assert seen and max(seen) <= 1e-4
     assert max(seen) == pytest.approx(1e-4)  # the clamp was active, not vacuous
+
+
+def test_meta_adam_takes_torch_optim_adams_steps():
+    def module():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1, bias=False))
+
+    ours, theirs = module(), module()
+    frozen = [ours[0].bias, theirs[0].bias]  # no gradient: both must leave it (and its state) alone
+    meta_adam, torch_adam = train_module.MetaAdam(ours, lr=0.01), torch.optim.Adam(theirs.parameters(), lr=0.01)
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    for step in range(6):
+        for model, opt in ((ours, meta_adam), (theirs, torch_adam)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            if step < 3:
+                model[0].bias.grad = None
+            opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(frozen[0], module()[0].bias)  # moved once it had gradients
+
+
+def test_meta_training_imports_no_torch_optim_machinery(tmp_path):
+    # torch.optim optimisers import torch._dynamo and sympy (153 MB RSS): meta-training must not.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from l2lbench.learned.spec import MetaTrainingSpec\n"
+        "from l2lbench.learned.train import meta_train\n"
+        "from l2lbench.optimizers.mtl2l import mtl2l\n"
+        "from l2lbench.task import TaskSpec\n"
+        "task = TaskSpec.from_config({'dataset': {'kind': 'synthetic', 'n_train': 64, 'n_test': 16}, 'steps': 4, 'batch_size': 8})\n"
+        f"meta_train(mtl2l(), MetaTrainingSpec(tasks=(task,), trials=1, unroll=2), data_dir=Path({str(tmp_path)!r}), device=torch.device('cpu'), progress=False)\n"
+        "print(sorted(m for m in ('torch._dynamo', 'sympy', 'torchvision', 'scipy') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_meta_parameters_change_and_mtl2l_factors_stay_fixed(tmp_path):
