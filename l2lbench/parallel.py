@@ -97,7 +97,10 @@ class Executor:
 def _in_worker(threads: int, fn: Callable[..., Any], index: int, item: Any, *args: Any) -> tuple[int, Any]:
     import torch
 
+    from .training import keep_freed_memory
+
     torch.set_num_threads(threads)
+    keep_freed_memory()  # a worker process exists to train (idempotent, a few microseconds)
     return index, fn(item, *args)
 
 

@@ -96,7 +96,9 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
     from .runner import plan, resolve_device, run_jobs, suite_runs, with_meta_training
     from .store import ResultsStore
     from .suite import load_suite
+    from .training import keep_freed_memory
 
+    keep_freed_memory()  # this process may train (--workers 1): reuse freed memory
     device = resolve_device(args.device)
     meta = {k: v for k, v in (("trials", args.meta_trials), ("steps", args.meta_steps), ("unroll", args.meta_unroll)) if v}
     suite = load_suite(args.suite).with_overrides(steps=args.steps, meta=meta or None)

@@ -58,6 +58,9 @@ def run(args: argparse.Namespace, *, registry: Any, data_dir: Path) -> int:
     from .checkpoint import load_checkpoint, save_checkpoint
     from .spec import MetaTrainingSpec
 
+    from ..training import keep_freed_memory
+
+    keep_freed_memory()  # this process trains: reuse freed memory (see keep_freed_memory)
     device = resolve_device(args.device)
     config: dict[str, Any] = {}
     hparams: dict[str, Any] = {}
