@@ -466,15 +466,17 @@ def test_meta_gradient_matches_backpropagating_the_losses(factory, tmp_path, mon
         "tasks": [{"dataset": {"kind": "synthetic", "n_train": 64, "n_test": 16}, "learner": {"kind": "mlp", "hidden": [8]}}],
         "steps": 4, "batch_size": 16, "trials": 1, "unroll": 4, "clip": 1e9,
     })
+    from l2lbench.learned.train import MetaAdam
+
     captured = []
-    real_step = torch.optim.Adam.step
+    real_step = MetaAdam.step
 
     def spy(self, *args, **kwargs):
         if not captured:
-            captured.append([p.grad.clone() for group in self.param_groups for p in group["params"]])
+            captured.append([p.grad.clone() for p in self.params.values()])
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    monkeypatch.setattr(MetaAdam, "step", spy)
     meta_train(factory(), spec, data_dir=tmp_path, device=torch.device("cpu"), progress=False)
 
     # The reference: the first unroll again, straightforward layers and preprocessing.
