@@ -35,7 +35,7 @@ from ..learner import FunctionalLearner
 from ..optim.base import Params, StepContext
 from ..optim.tree import tree_map
 from ..task import TaskSpec
-from ..training import batch_schedule, minibatch
+from ..training import Layout, batch_schedule, minibatch
 from .spec import MetaTrainingSpec
 
 
@@ -179,7 +179,10 @@ def _trial(
     learner, data = prepared.learner, prepared
     horizon = task.steps
     init_generator = torch.Generator().manual_seed(derive_seed(spec.hash, trial, "init"))
-    params = {k: v.requires_grad_(True) for k, v in learner.init(init_generator, device).items()}
+    first = learner.init(init_generator, device)
+    # A coordinatewise optimiser gets one flat vector (as at meta-test), the learner views of it.
+    layout = Layout.for_optimizer(bound, first, stacked=False)
+    params = {k: v.requires_grad_(True) for k, v in layout.pack(first).items()}
     generator = torch.Generator(device=device).manual_seed(derive_seed(spec.hash, trial, "optimizer"))
     state = bound.init(params, generator=generator)
     # S + 1 batches: the loss after the last update closes the last unroll.
@@ -188,7 +191,7 @@ def _trial(
     unroll_start, losses = 0, []
     for t in range(horizon + 1):
         inputs, labels = minibatch(data.train_images, data.train_labels, schedule[t], data.mean, data.std)
-        loss = learner.loss(params, inputs, labels)
+        loss = learner.loss(layout.unpack(params), inputs, labels)
         losses.append(loss.item())
         grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
         if t > unroll_start:
@@ -216,7 +219,7 @@ def _trial(
         context = StepContext(step=t, inputs=inputs, loss=loss.detach(), generator=generator)
         params, state = bound.update(grads, state, params, context)
         if spec.param_noise:
-            params = _add_noise(params, t, horizon, spec, generator)
+            params = layout.pack(_add_noise(layout.unpack(params), t, horizon, spec, generator))
         result.learner_steps += 1
         bar.update(1)
     return losses
