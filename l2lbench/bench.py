@@ -426,7 +426,7 @@ def run_bench(
             values = tested[name, seeds]
             meta[str(seeds)] = {
                 "seeds": seeds,
-                "execution": execution_mode(opt, seeds, vectorize=True),
+                "execution": execution_mode(opt, seeds, coordinates=learner.num_parameters(), device=device),
                 "ms_per_seed_step": summary(values),
                 "ms_per_step_all_seeds": summary([v * seeds for v in values]),
                 **{f"ratio_to_{ref.replace('-', '_')}": ratio(values, bare[ref]) for ref in REFERENCES},

@@ -372,7 +372,7 @@ def execute_job(
             with time_limit(None if run_timeout is None else run_timeout * len(remaining)):
                 outcomes = run_seeds(job.task, optimizer, learner, data, remaining, device=device, vectorize=True)
         except RunTimeout:
-            info = {**info, "execution": f"{execution_mode(optimizer, len(remaining))} over {len(remaining)} seeds"}
+            info = {**info, "execution": f"{execution_mode(optimizer, len(remaining), coordinates=learner.num_parameters(), device=device)} over {len(remaining)} seeds"}
             return [_failed(job, seed, timeout_reason(run_timeout), info) for seed in remaining]
         except _PLUGIN_FAULTS as exc:
             # Not every plug-in that claims to be batchable survives vmap; the seeds
@@ -380,7 +380,7 @@ def execute_job(
             info = {**info, "execution": f"per seed (batched run failed: {_describe(exc)})"}
         else:
             per_run = (time.perf_counter() - start) / len(outcomes)
-            info = {**info, "execution": f"{execution_mode(optimizer, len(outcomes))} over {len(outcomes)} seeds"}
+            info = {**info, "execution": f"{execution_mode(optimizer, len(outcomes), coordinates=learner.num_parameters(), device=device)} over {len(outcomes)} seeds"}
             return [_record(job, o, per_run, info) for o in outcomes]
     info.setdefault("execution", "per seed")
     for seed in remaining:

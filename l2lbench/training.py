@@ -133,16 +133,34 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 512 * 2**20))
 
 
-def execution_mode(optimizer: Any, seeds: int, *, vectorize: bool = True) -> str:
+def seed_groups(optimizer: Any, seeds: int, coordinates: int, device: torch.device) -> list[slice] | None:
+    """How S seeds of a ``coordinatewise`` and ``context_free`` optimiser run as coordinates
+    of one update: consecutive groups of seeds (all in one, unless the plug-in's
+    ``max_coordinates`` limits a CPU update); ``None`` when the optimiser cannot run so."""
+    if not (capability(optimizer, "coordinatewise") and getattr(optimizer, "context_free", False)):
+        return None
+    limit = getattr(optimizer, "max_coordinates", None)
+    per_group = seeds if limit is None or device.type != "cpu" else max(1, min(seeds, limit // max(coordinates, 1)))
+    return [slice(start, min(start + per_group, seeds)) for start in range(0, seeds, per_group)]
+
+
+def execution_mode(
+    optimizer: Any, seeds: int, *, vectorize: bool = True, coordinates: int = 0, device: torch.device | None = None
+) -> str:
     """How :func:`run_seeds` runs ``seeds`` seeds of ``optimizer``: ``"single"`` (one
-    seed), ``"batched"`` (the learner's gradients in one stacked pass, ``update`` under
-    ``vmap``), ``"batched learner, update per seed"``
+    seed), ``"seeds as coordinates"`` (the learner's gradients in one stacked pass, the
+    seeds' coordinates side by side in one ``update``, or ``"... in groups of G"``),
+    ``"batched"`` (``update`` under ``vmap``), ``"batched learner, update per seed"``
     (``update_per_seed`` optimisers) or ``"per seed"`` (not batchable, or
     ``vectorize=False``)."""
     if seeds == 1:
         return "single"
     if not (vectorize and capability(optimizer, "batchable")):
         return "per seed"
+    groups = seed_groups(optimizer, seeds, coordinates, device or torch.device("cpu"))
+    if groups is not None:
+        size = groups[0].stop - groups[0].start
+        return "seeds as coordinates" if len(groups) == 1 else f"seeds as coordinates in groups of {size}"
     return "batched learner, update per seed" if _update_per_seed(optimizer) else "batched"
 
 
@@ -219,7 +237,11 @@ def _train(
         params = tree_stack(packed)
         eval_fn: Callable = vmap(lambda p: per_seed_eval(layout.unpack(p)))
         batch = lambda t: schedule[t]
-        if _update_per_seed(optimizer):
+        groups = seed_groups(optimizer, len(seeds), layout.coordinates, device) if layout.shapes else None
+        if groups is not None:
+            state = [optimizer.init({FLAT_KEY: params[FLAT_KEY][g].reshape(-1)}) for g in groups]
+            step_fn = _seeds_as_coordinates_step(learner, optimizer, layout, groups)
+        elif _update_per_seed(optimizer):
             state = [optimizer.init(p, generator=g) for p, g in zip(packed, generators)]
             step_fn = _update_per_seed_step(learner, optimizer, layout, generators)
         else:
@@ -300,6 +322,10 @@ class Layout:
             return tree
         return {FLAT_KEY: torch.cat([v.reshape(*v.shape[:lead], -1) for v in tree.values()], dim=lead)}
 
+    @property
+    def coordinates(self) -> int:
+        return sum(shape.numel() for shape in (self.shapes or {}).values())
+
     def unpack(self, tree: Params) -> Params:
         """The learner's named tensors (views, no copy) of a tree in the optimiser's layout."""
         if self.shapes is None:
@@ -327,6 +353,25 @@ def _vmapped_step(learner: FunctionalLearner, optimizer: Any, layout: Layout) ->
         grads, loss = learner.seed_gradients(layout.unpack(params), inputs, labels)
         new_params, new_state = update(layout.pack(grads, lead=1), state, params, inputs, loss, t)
         return new_params, new_state, loss
+
+    return step
+
+
+def _seeds_as_coordinates_step(learner: FunctionalLearner, optimizer: Any, layout: Layout, groups: list[slice]) -> Callable:
+    """The step of S stacked seeds of a coordinatewise, context-free optimiser: the
+    learner's gradients in one stacked pass; then each group of seeds is one vector of
+    (seeds x P) coordinates, updated by one plain call (``states``: one per group)."""
+
+    def step(params: Params, states: list[Any], inputs: Tensor, labels: Tensor, t: int):
+        grads, loss = learner.seed_gradients(layout.unpack(params), inputs, labels)
+        flat, grad = params[FLAT_KEY], layout.pack(grads, lead=1)[FLAT_KEY]  # (S, P)
+        context = StepContext(step=t)  # context-free: nothing else to see
+        parts, new_states = [], []
+        for group, state in zip(groups, states):
+            new, state = optimizer.update({FLAT_KEY: grad[group].reshape(-1)}, state, {FLAT_KEY: flat[group].reshape(-1)}, context)
+            parts.append(new[FLAT_KEY].view(-1, flat.shape[1]))
+            new_states.append(state)
+        return {FLAT_KEY: parts[0] if len(parts) == 1 else torch.cat(parts)}, new_states, loss
 
     return step
 

@@ -37,6 +37,7 @@ class Adam(Optimizer):
     """Adam with L2 (``decoupled=False``) or decoupled (AdamW) weight decay."""
 
     coordinatewise: ClassVar[bool] = True
+    context_free: ClassVar[bool] = True
 
     lr: float = 0.01
     beta1: float = 0.9

@@ -29,7 +29,8 @@ each form of a layer writes it once and works on it in place. :func:`lstm_layer`
 straightforward reference; :func:`lstm_layer_inplace` serves meta-test (autograd off) and
 :func:`lstm_layer_fused` meta-training (a hand-written backward). Both equal the
 reference to float rounding (``tests/test_learned_optimizers.py``). With several seeds the
-runner calls ``update`` seed by seed (``update_per_seed``; see :mod:`l2lbench.training`).
+runner hands ``update`` the seeds' coordinates side by side, a few seeds at a time
+(``context_free``, ``max_coordinates``; see :mod:`l2lbench.training`).
 """
 
 from __future__ import annotations
@@ -228,11 +229,13 @@ def _functorch_active() -> bool:
 class LSTMOptimizer(LearnedOptimizer):
     """Coordinatewise LSTM optimiser (hyperparameters; meta-parameters bound via ``meta``)."""
 
-    # Batched seeds: the runner vmaps only the learner and calls ``update`` seed by seed,
-    # which keeps each step's working set (20 x 4 gate rows per coordinate) one seed large.
-    update_per_seed: ClassVar[bool] = True
     # It flattens the coordinates itself; handed one flat vector, it skips that copy.
     coordinatewise: ClassVar[bool] = True
+    # Seeds run as more coordinates of one update (it reads no context), at most 2**16 at a
+    # time on a CPU: the gate matrix (80 floats per coordinate, 21 MB) then stays below
+    # glibc's 32 MB mmap threshold, above which every step would fault in fresh pages.
+    context_free: ClassVar[bool] = True
+    max_coordinates: ClassVar[int | None] = 2**16
 
     hidden: int = 20
     layers: int = 2

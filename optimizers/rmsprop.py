@@ -32,6 +32,7 @@ class RMSprop(Optimizer):
     """RMSprop with optional momentum, centring and L2 weight decay."""
 
     coordinatewise: ClassVar[bool] = True
+    context_free: ClassVar[bool] = True
 
     lr: float = 0.01
     alpha: float = 0.99

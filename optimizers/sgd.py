@@ -35,6 +35,7 @@ class SGD(Optimizer):
     """SGD with optional momentum, dampening, Nesterov momentum and L2 weight decay."""
 
     coordinatewise: ClassVar[bool] = True
+    context_free: ClassVar[bool] = True
 
     lr: float = 0.01
     momentum: float = 0.0

@@ -62,8 +62,8 @@ def test_json_report_has_every_field(report):
         for field in ("rss_before_mb", "rss_after_mb", "rss_growth_mb", "peak_rss_mb", "peak_growth_mb"):
             assert field in memory
     sgd, lstm = report["optimizers"]["sgd"], report["optimizers"]["lstm"]
-    assert sgd["meta_test"]["2"]["execution"] == "batched"
-    assert lstm["meta_test"]["2"]["execution"] == "batched learner, update per seed"
+    assert sgd["meta_test"]["2"]["execution"] == "seeds as coordinates"
+    assert lstm["meta_test"]["2"]["execution"].startswith("seeds as coordinates")
     assert sgd["meta_training"] is None and sgd["meta_training_memory"] is None
     assert lstm["learned"] and lstm["meta_training"]["unroll"] == 2
     assert _is_summary(lstm["meta_training"]["ms_per_learner_step"])

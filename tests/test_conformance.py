@@ -66,9 +66,37 @@ class _NormalisedSGD:
         return {k: v - 0.1 * grads[k] / grads[k].norm() for k, v in params.items()}, state
 
 
+class _SharedNormSGD:
+    """Claims context-free coordinatewise, but scales by the norm of all coordinates together."""
+
+    coordinatewise = True
+    context_free = True
+
+    def init(self, params, *, generator=None):
+        return ()
+
+    def update(self, grads, state, params, context):
+        scale = torch.cat([g.reshape(-1) for g in grads.values()]).norm()
+        return {k: v - 0.1 * grads[k] / scale for k, v in params.items()}, state
+
+
+class _ContextReader:
+    """Claims context-free, but reads the input batch."""
+
+    coordinatewise = True
+    context_free = True
+
+    def init(self, params, *, generator=None):
+        return ()
+
+    def update(self, grads, state, params, context):
+        return {k: v - 0.1 * context.inputs.mean() * grads[k] for k, v in params.items()}, state
+
+
 @pytest.mark.parametrize(
     "plugin,check,message",
     [
+        (_SharedNormSGD, "seeds_as_coordinates", "beside another seed"),
         (_NormalisedSGD, "coordinatewise_flat", "flat vector vs named tensors"),
         (_InPlaceSGD, "out_of_place", "modified params entry"),
         (_WrongShape, "interface", "has shape"),
@@ -78,6 +106,11 @@ class _NormalisedSGD:
 def test_conformance_catches_broken_plugins(plugin, check, message):
     with pytest.raises(AssertionError, match=message):
         run_check(check, plugin)
+
+
+def test_a_context_reading_plugin_cannot_claim_context_free():
+    with pytest.raises(AttributeError):
+        run_check("seeds_as_coordinates", _ContextReader)
 
 
 def test_run_conformance_reports_every_check():

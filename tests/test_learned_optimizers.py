@@ -420,16 +420,20 @@ def test_meta_test_state_does_not_alias_the_previous_state():
     assert not torch.equal(s2.hidden[0], s1.hidden[0])
 
 
-@pytest.mark.parametrize("factory", [lstm, mtl2l])
-def test_batched_seeds_update_per_seed_like_single_runs(factory, tmp_path):
-    """The runner's update_per_seed path (learner vmapped, update seed by seed) gives each
-    seed the curves it gets when run alone."""
+@pytest.mark.parametrize("factory,mode", [
+    (lstm, "seeds as coordinates in groups of 2"),  # 25,450 coordinates per seed, 2**16 per update
+    (mtl2l, "batched learner, update per seed"),  # reads the context: synapses differ per seed
+])
+def test_batched_seeds_like_single_runs(factory, mode, tmp_path):
+    """The runner's batched paths for learned optimisers (seeds as coordinates, grouped with
+    a remainder group; update seed by seed) give each seed the curves it gets when run alone."""
     task = TaskSpec.from_config({"dataset": {"kind": "synthetic", "n_train": 128, "n_test": 32},
                                  "steps": 6, "batch_size": 16, "eval_every": 3})
     learner = FunctionalLearner(task.learner.build(task.dataset.input_shape, task.dataset.num_classes))
     data = PreparedData.from_splits(task.dataset.load(tmp_path), task, torch.device("cpu"))
     opt = bind_fresh(factory())
-    assert execution_mode(opt, 3) == "batched learner, update per seed"
+    assert learner.num_parameters() == 25450
+    assert execution_mode(opt, 3, coordinates=learner.num_parameters(), device=torch.device("cpu")) == mode
     assert execution_mode(opt, 1) == "single" and execution_mode(opt, 3, vectorize=False) == "per seed"
     batched = run_seeds(task, opt, learner, data, [0, 1, 2], device=torch.device("cpu"))
     alone = run_seeds(task, opt, learner, data, [0, 1, 2], device=torch.device("cpu"), vectorize=False)

@@ -70,7 +70,7 @@ def test_batched_seeds_match_one_by_one(setup, name):
     task, registry, data_dir = setup
     batched = _run(task, registry, data_dir, name, seeds=(0, 1, 2))
     single = _run(task, registry, data_dir, name, seeds=(0, 1, 2), vectorize=False)
-    assert batched[0].provenance["execution"] == "batched over 3 seeds"
+    assert batched[0].provenance["execution"] == "seeds as coordinates over 3 seeds"
     assert single[0].provenance["execution"] == "per seed"
     for b, s in zip(batched, single):
         assert b.seed == s.seed and b.eval_steps == s.eval_steps == [0, 5, 10, 12]

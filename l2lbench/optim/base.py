@@ -75,12 +75,22 @@ class Optimizer:
             The runner then trains on one flat vector, one tensor operation per formula
             instead of one per learner tensor (SGD, Adam, the coordinatewise LSTMs). The
             conformance check ``coordinatewise_flat`` holds a plug-in to it.
+        context_free: ``update`` reads nothing of the step context (no inputs, loss or
+            generator) and ``init`` draws no random numbers. With ``coordinatewise`` the S
+            seeds of a batched run are then simply S x P coordinates of one run: one
+            ``update`` for all seeds, no ``vmap`` (checked by ``seeds_as_coordinates``).
+        max_coordinates: the most coordinates one ``update`` call should get on a CPU, for
+            rules with a large working set per coordinate (the LSTM optimiser's 80 gate
+            values): seeds run as coordinates in groups that stay under it. ``None``: no
+            limit. Ignored on GPUs.
     """
 
     batchable: ClassVar[bool] = True
     differentiable: ClassVar[bool] = True
     learned: ClassVar[bool] = False
     coordinatewise: ClassVar[bool] = False
+    context_free: ClassVar[bool] = False
+    max_coordinates: ClassVar[int | None] = None
 
     def init(self, params: Params, *, generator: torch.Generator | None = None) -> State:
         raise NotImplementedError

@@ -195,6 +195,37 @@ def check_coordinatewise_flat(optimizer: Any) -> None:
     _assert_close(named(flat["coordinates"]), expected, "flat vector vs named tensors", atol=1e-6)
 
 
+def check_seeds_as_coordinates(optimizer: Any) -> None:
+    """A ``coordinatewise`` and ``context_free`` plug-in, given two seeds' coordinates side
+    by side and a context with nothing but the step, takes each seed's own steps (the
+    runner batches seeds that way)."""
+    if not (capability(optimizer, "coordinatewise") and getattr(optimizer, "context_free", False)):
+        raise Skipped("does not declare coordinatewise = True and context_free = True")
+    problem = Quadratic.make()
+
+    def flat(tree: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([v.reshape(-1) for v in tree.values()])
+
+    def run(inits: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        size = flat(inits[0]).numel()
+        params = {"coordinates": torch.cat([flat(p) for p in inits])}
+        state = optimizer.init(params)
+        for t in range(5):
+            parts = params["coordinates"].split(size)
+            named = [dict(zip(inits[0], (x.view(v.shape) for x, v in zip(part.split([v.numel() for v in inits[0].values()]), inits[0].values())))) for part in parts]
+            grads = {"coordinates": torch.cat([flat(problem.grads(p)) for p in named])}
+            params, state = optimizer.update(grads, state, params, StepContext(step=t))
+        return params["coordinates"]
+
+    seeds = [problem.init(1), problem.init(2)]
+    together = run(seeds).split(flat(seeds[0]).numel())
+    for i, seed in enumerate(seeds):
+        alone = run([seed])
+        if not torch.allclose(together[i], alone, atol=1e-6, rtol=0):
+            diff = (together[i] - alone).abs().max().item()
+            raise AssertionError(f"seed {i} beside another seed differs from seed {i} alone by up to {diff:.3g}")
+
+
 def _in_float64(optimizer: Any) -> Any:
     # Finite differences need float64 throughout, meta-parameters included.
     if capability(optimizer, "learned"):
@@ -357,6 +388,7 @@ CHECKS: dict[str, Callable[[Any], None]] = {
     "converges_on_quadratic": check_converges,
     "vmap_matches_loop": check_vmap_matches_loop,
     "coordinatewise_flat": check_coordinatewise_flat,
+    "seeds_as_coordinates": check_seeds_as_coordinates,
     "differentiable": check_differentiable,
     "adapter_matches_functional": check_adapter_matches_functional,
     "state_dict_roundtrip": check_state_dict_roundtrip,
