@@ -66,6 +66,24 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
+def test_temporary_files_left_by_a_killed_writer_are_removed_by_the_next_save(tmp_path):
+    import os
+    import time
+
+    from l2lbench.learned.checkpoint import STALE_TEMP_S
+
+    stale, fresh, other = tmp_path / ".c.pt.abc123.tmp", tmp_path / ".c.pt.def456.tmp", tmp_path / ".d.pt.abc.tmp"
+    for temp in (stale, fresh, other):
+        temp.write_bytes(b"half a checkpoint")
+    old = time.time() - STALE_TEMP_S - 60
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    save_checkpoint(_checkpoint(), tmp_path / "c.pt")
+    assert not stale.exists()  # left by a kill during a write of c.pt long ago
+    assert fresh.exists()  # may be another process writing c.pt right now
+    assert other.exists()  # another checkpoint's: not this save's business
+
+
 class _Exploit:
     def __init__(self, marker: str):
         self.marker = marker

@@ -18,11 +18,13 @@ crafted checkpoint cannot run code here.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
 import pickle
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,11 +121,17 @@ def _dataset_names(tasks: list[dict[str, Any]]) -> list[str]:
     return names
 
 
+#: A temporary checkpoint file lives for the seconds of one write; one this old was left
+#: by a process killed while writing, and is removed by the next write of the same file.
+STALE_TEMP_S = 600
+
+
 def save_checkpoint(checkpoint: Checkpoint, path: Path | str) -> Path:
     """Write ``checkpoint`` to ``path`` atomically; returns the path."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
         buffer = io.BytesIO()
         torch.save(checkpoint.payload(), buffer)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -141,6 +149,18 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path | str) -> Path:
     except OSError as exc:  # a full disk or a lost mount: a runtime failure, not bad input
         raise RunError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
     return path
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete ``.<name>.*.tmp`` siblings of ``path`` older than :data:`STALE_TEMP_S`
+    (younger ones may belong to another process writing the same file right now)."""
+    now = time.time()
+    for temp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - temp.stat().st_mtime > STALE_TEMP_S:
+                temp.unlink()
+        except OSError:  # gone already, or not ours to delete: never a reason to fail a save
+            pass
 
 
 def _umask() -> int:
