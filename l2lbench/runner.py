@@ -317,7 +317,10 @@ def _meta_train_in_worker(
     item: tuple[str, PortableOptimizer], plugins: tuple[str, ...], results_dir: Path, data_dir: Path, device: str
 ) -> tuple[Path | None, list[str], str | None]:
     lines: list[str] = []
-    optimizer = item[1].resolve(plugins)
+    try:
+        optimizer = item[1].resolve(plugins)
+    except (L2LBenchError, *_PLUGIN_FAULTS) as exc:
+        return None, lines, _unresolvable(item[1], plugins, exc)
     try:
         ready = ensure_meta_trained(
             optimizer, results_dir=results_dir, data_dir=data_dir, device=torch.device(device), progress=False,
@@ -426,8 +429,8 @@ def run_jobs(
             (i, PortableOptimizer.of(job.optimizer), job.task, job.seeds) for i, job in enumerate(jobs) if job.failure is None
         ]
         results = itertools.chain(failed, (
-            (jobs[item[0]], records)
-            for item, records in executor.map(
+            (jobs[item[0]], _records(jobs[item[0]], outcome, device))
+            for item, outcome in executor.map(
                 _execute_in_worker, portable, plugins, data_dir, str(device), vectorize, run_timeout
             )
         ))
@@ -452,10 +455,31 @@ def _execute_in_worker(
     device: str,
     vectorize: bool,
     run_timeout: float | None = None,
-) -> list[RunRecord]:
+) -> list[RunRecord] | str:
     _, optimizer, task, seeds = item
-    job = RunJob(task, optimizer.resolve(plugins), seeds)
+    try:
+        resolved = optimizer.resolve(plugins)
+    except (L2LBenchError, *_PLUGIN_FAULTS) as exc:
+        return _unresolvable(optimizer, plugins, exc)
+    job = RunJob(task, resolved, seeds)
     return execute_job(job, data_dir=data_dir, device=torch.device(device), vectorize=vectorize, run_timeout=run_timeout)
+
+
+def _records(job: RunJob, outcome: list[RunRecord] | str, device: torch.device) -> list[RunRecord]:
+    """A worker's records, or a failed record per seed when it could not build the optimiser."""
+    if isinstance(outcome, str):
+        return [_failed(job, seed, outcome, provenance(device)) for seed in job.seeds]
+    return outcome
+
+
+def _unresolvable(optimizer: PortableOptimizer, plugins: tuple[str, ...], exc: BaseException) -> str:
+    """Why a worker process cannot build an optimiser that the parent process could (a
+    plug-in that fails to import there): returned, not raised, so that one job fails and
+    the others go on."""
+    problems = "; ".join(worker_registry(plugins).problems) if plugins else ""
+    return f"optimizer {optimizer.spec.name!r} cannot be built in the worker process: {_describe(exc)}" + (
+        f" (plug-in problems there: {problems})" if problems else ""
+    )
 
 
 def suite_runs(

@@ -128,6 +128,35 @@ def test_run_timeout_stops_hung_runs_on_worker_processes(faulty_suite, tmp_path,
     }
 
 
+PARENT_ONLY = """
+import os
+
+if os.environ.get("L2LBENCH_TEST_PARENT_PID") != str(os.getpid()):
+    raise RuntimeError("plug-in unavailable in this process")
+
+from l2lbench.optimizers.sgd import sgd
+
+OPTIMIZERS = {"parent-only": sgd}
+"""
+
+
+def test_a_plugin_that_fails_to_import_on_workers_fails_its_runs_only(faulty_suite, tmp_path, capsys, monkeypatch):
+    plugin = tmp_path / "parent_only.py"
+    plugin.write_text(PARENT_ONLY)
+    monkeypatch.setenv("L2LBENCH_TEST_PARENT_PID", str(os.getpid()))
+    results = tmp_path / "r"
+    code, out, err = _cli(capsys, "run", "--suite", faulty_suite(), "--results", str(results), "--plugin", str(plugin),
+                          "--plugin", PLUGINS, "--optimizers", "parent-only,sgd", "--workers", "2")
+    assert code == 1, err
+    runs = {(r.optimizer_name, r.seed): r for r in ResultsStore(results).runs()}
+    assert {runs["sgd", s].status for s in (0, 1)} == {"ok"}  # the other job went on
+    for s in (0, 1):
+        failed = runs["parent-only", s]
+        assert failed.status == "failed"
+        assert "optimizer 'parent-only' cannot be built in the worker process" in failed.error
+        assert "plug-in unavailable in this process" in failed.error
+
+
 @pytest.fixture
 def setup(faulty_suite, tmp_path):
     suite = load_suite(faulty_suite())
