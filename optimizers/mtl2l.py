@@ -66,7 +66,7 @@ from l2lbench.optim.learned import (
     unflatten_coordinates,
 )
 from l2lbench.optim.validate import check_range
-from l2lbench.optimizers.lstm import lstm_layer_fused, lstm_layer_inplace
+from l2lbench.optimizers.lstm import functorch_active, first_layer_block, lstm_layer_fused, lstm_layer_inplace
 
 FAMILIES = ("input1", "recurrent1", "input2", "recurrent2")
 GATES = 4
@@ -260,8 +260,13 @@ class MTL2L(LearnedOptimizer):
         weight2 = torch.cat([module.input2 * scale2, recurrent2.expand(GATES, 1)], dim=1)  # (gates, H + 1)
 
         grad = flatten_coordinates(grads).to(module.embed.dtype)
-        x, layer = gradient_features(grad, self.preprocess_p), lstm_layer_fused if differentiable else lstm_layer_inplace
-        h1, c1 = layer(x, state.hidden[0], state.cell[0], weight1, module.bias1)
+        if differentiable or functorch_active():
+            layer = lstm_layer_fused if differentiable else lstm_layer_inplace
+            h1, c1 = layer(gradient_features(grad, self.preprocess_p), state.hidden[0], state.cell[0], weight1, module.bias1)
+        else:  # meta-test: layer 1 reads its whole input from one block
+            layer = lstm_layer_inplace
+            block = first_layer_block(grad, state.hidden[0], self.preprocess_p)
+            h1, c1 = layer(None, state.hidden[0], state.cell[0], weight1, module.bias1, block=block)
         h2, c2 = layer(h1, state.hidden[1], state.cell[1], weight2, module.bias2)
         flat = flatten_coordinates(params)
         if differentiable:

@@ -321,6 +321,10 @@ def test_preprocess_rows_matches_preprocess_gradients():
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
         # Seed axis first: (S, n) -> (S, 2, n), each seed as alone.
         torch.testing.assert_close(preprocess_rows(g.to(dtype).view(10, -1))[3], preprocess_rows(g.to(dtype).view(10, -1)[3]))
+        # Written into the first rows of a layer's input block: the same numbers, exactly.
+        block = torch.full((5, len(g)), 7.0, dtype=dtype)
+        assert preprocess_rows(g.to(dtype), out=block[:2]) is not None
+        assert torch.equal(block[:2], preprocess_rows(g.to(dtype))) and (block[2:] == 7.0).all()
 
 
 def _layer_inputs(features, units, dtype, coordinates=300, seed=0):

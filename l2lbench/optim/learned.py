@@ -116,7 +116,7 @@ def preprocess_gradients(grad: Tensor, p: float = 10.0) -> Tensor:
     return torch.stack([log_part, sign_part], dim=-1)
 
 
-def preprocess_rows(grad: Tensor, p: float = 10.0) -> Tensor:
+def preprocess_rows(grad: Tensor, p: float = 10.0, *, out: Tensor | None = None) -> Tensor:
     """:func:`preprocess_gradients` with the feature axis second to last, for meta-test:
     ``(..., coordinates) -> (..., 2, coordinates)``.
 
@@ -129,11 +129,17 @@ def preprocess_rows(grad: Tensor, p: float = 10.0) -> Tensor:
 
     (a NaN gradient gives NaN features instead of ``(-1, NaN)``). It works in place on
     its own temporaries: use it on gradients that need no gradient themselves (the
-    learner's gradients are data to a learned optimiser). Safe under ``vmap``.
+    learner's gradients are data to a learned optimiser). Safe under ``vmap`` (without
+    ``out``). ``out``, a ``(2, coordinates)`` tensor (e.g. the first rows of an LSTM
+    layer's input block), receives the features instead of a new tensor.
 
     >>> preprocess_rows(torch.tensor([1.0, -1.0, 0.0])).tolist()
     [[0.0, 0.0, -1.0], [1.0, -1.0, 0.0]]
     """
+    if out is not None:
+        torch.clamp(grad.abs(), min=math.exp(-p), out=out[0]).log_().mul_(1.0 / p)
+        torch.mul(grad, math.exp(p), out=out[1]).clamp_(-1.0, 1.0)
+        return out
     log_part = grad.abs().clamp(min=math.exp(-p)).log_().mul_(1.0 / p)  # clamp_ has no vmap rule
     sign_part = (grad * math.exp(p)).clamp(-1.0, 1.0)
     return torch.stack([log_part, sign_part], dim=-2)
