@@ -222,24 +222,27 @@ class MTL2L(LearnedOptimizer):
             )
         if module.training and generator is None:
             raise ValueError("mtl2l in training mode draws dropout masks: the step context needs a generator")
+        m = self.smoothing
         if module.training or torch.is_grad_enabled():
             rates = self.dropout if module.training else (0.0, 0.0, 0.0)
             raw = [module.hyper[name](x, rates, generator) for name in FAMILIES]
-        else:
-            raw = self._hypernetworks_without_dropout(x)
-        m = self.smoothing
-        return tuple(m * prev + (1 - m) * value for prev, value in zip(previous, raw))
+            return tuple(m * prev + (1 - m) * value for prev, value in zip(previous, raw))
+        # Meta-test: the 4 outputs as one vector, smoothed in one operation.
+        raw_all = self._hypernetworks_without_dropout(x)
+        smoothed = raw_all if m == 0 else torch.lerp(raw_all, torch.cat(previous), m)  # m prev + (1 - m) raw
+        return smoothed.split([p.numel() for p in previous])
 
-    def _hypernetworks_without_dropout(self, x: Tensor) -> list[Tensor]:
-        """The 4 hypernetworks at meta-test: their first layers as one product, and the
-        batch mean taken before the (affine) second layer, which equals the mean of its
-        outputs to float rounding."""
+    def _hypernetworks_without_dropout(self, x: Tensor) -> Tensor:
+        """The 4 hypernetworks at meta-test, their outputs concatenated: the first layers
+        as one product, the batch mean taken before the (affine) second layers, which
+        equals the mean of their outputs to float rounding, and the second layers as one
+        block-diagonal product (a few operations instead of a few per hypernetwork)."""
         hypers = [self.module.hyper[name] for name in FAMILIES]
         first_w = torch.cat([h.first.weight for h in hypers])
         first_b = torch.cat([h.first.bias for h in hypers])
         z = torch.addmm(first_b, x, first_w.t()).relu_().mean(dim=0)
-        parts = z.split([h.first.out_features for h in hypers])
-        return [torch.addmv(h.second.bias, h.second.weight, part) for h, part in zip(hypers, parts)]
+        second_w = torch.block_diag(*(h.second.weight for h in hypers))
+        return torch.addmv(torch.cat([h.second.bias for h in hypers]), second_w, z)
 
     def update(self, grads: Params, state: MTL2LState, params: Params, context: StepContext) -> tuple[Params, MTL2LState]:
         """One step: with autograd on (meta-training) the LSTM layers with their hand-written
