@@ -2,17 +2,21 @@
 
 Seeds are paired: seed index k of a task derives the same learner initialisation, the
 same minibatch order and the same optimiser generator for every optimiser (see
-:func:`run_seeds`). With a batchable optimiser the S seeds run as one computation,
-``torch.func.vmap`` over the per-seed step; otherwise (or with ``vectorize=False``) they
-run one after another, the learner's gradient taken by plain autograd (the same numbers
-as ``torch.func.grad`` without the cost of the transform).
+:func:`run_seeds`). With a batchable optimiser the S seeds run as one computation: the
+learners' gradients come from one stacked backward pass
+(:meth:`~l2lbench.learner.FunctionalLearner.seed_gradients`), and the updates, by the
+optimiser's capability flags (see :func:`execution_mode`):
 
-An optimiser whose update is cheapest seed by seed says so with a class attribute
-``update_per_seed = True`` (the LSTM optimisers: their per-coordinate working set is 80
-gate values, so S seeds under ``vmap`` turn one cache-sized product into an S times
-larger batched one). Its seeds still run as one batch, but only the learner's gradients
-are vmapped; ``update`` is then called once per seed, outside ``vmap``, with that seed's
-own generator, exactly as a seed run alone would call it (see :func:`execution_mode`).
+* ``coordinatewise`` and ``context_free`` (SGD, Adam, the LSTM optimiser): the S seeds'
+  flat parameter vectors side by side are the coordinates of one ``update`` call, in
+  groups of seeds under the plug-in's ``max_coordinates`` on a CPU;
+* ``update_per_seed`` (MTL2L: each seed's synapses come from its own input batch):
+  ``update`` once per seed with that seed's own generator, as a seed run alone;
+* otherwise ``update`` under ``torch.func.vmap`` over the seeds.
+
+Without batching (or with ``vectorize=False``) the seeds run one after another, the
+learner's gradient taken by plain autograd. A ``coordinatewise`` optimiser sees one flat
+vector of all parameters where that saves work (see :class:`Layout`).
 """
 
 from __future__ import annotations
@@ -137,7 +141,7 @@ def seed_groups(optimizer: Any, seeds: int, coordinates: int, device: torch.devi
     """How S seeds of a ``coordinatewise`` and ``context_free`` optimiser run as coordinates
     of one update: consecutive groups of seeds (all in one, unless the plug-in's
     ``max_coordinates`` limits a CPU update); ``None`` when the optimiser cannot run so."""
-    if not (capability(optimizer, "coordinatewise") and getattr(optimizer, "context_free", False)):
+    if not (capability(optimizer, "coordinatewise") and capability(optimizer, "context_free")):
         return None
     limit = getattr(optimizer, "max_coordinates", None)
     per_group = seeds if limit is None or device.type != "cpu" else max(1, min(seeds, limit // max(coordinates, 1)))
@@ -236,7 +240,7 @@ def _train(
     if vectorized:
         params = tree_stack(packed)
         eval_fn: Callable = vmap(lambda p: per_seed_eval(layout.unpack(p)))
-        batch = lambda t: schedule[t]
+        batch = lambda t: schedule[t]  # (S, B)
         groups = seed_groups(optimizer, len(seeds), layout.coordinates, device) if layout.shapes else None
         if groups is not None:
             state = [optimizer.init({FLAT_KEY: params[FLAT_KEY][g].reshape(-1)}) for g in groups]
@@ -252,7 +256,7 @@ def _train(
         state = optimizer.init(params, generator=generators[0])
         step_fn = _single_step(learner, optimizer, layout, generators[0])
         eval_fn = lambda p: per_seed_eval(layout.unpack(p))
-        batch = lambda t: schedule[t, 0]
+        batch = lambda t: schedule[t, 0]  # (B,)
 
     S = len(seeds)
     train_loss = torch.full((task.steps, S), math.nan, device=device)

@@ -199,7 +199,7 @@ def check_seeds_as_coordinates(optimizer: Any) -> None:
     """A ``coordinatewise`` and ``context_free`` plug-in, given two seeds' coordinates side
     by side and a context with nothing but the step, takes each seed's own steps (the
     runner batches seeds that way)."""
-    if not (capability(optimizer, "coordinatewise") and getattr(optimizer, "context_free", False)):
+    if not (capability(optimizer, "coordinatewise") and capability(optimizer, "context_free")):
         raise Skipped("does not declare coordinatewise = True and context_free = True")
     problem = Quadratic.make()
 
