@@ -33,6 +33,7 @@ from torch.func import vmap
 from .hashing import derive_seed
 from .learner import FunctionalLearner
 from .optim.base import Params, StepContext, capability
+from .optim.learned import flatten_coordinates, unflatten_coordinates
 from .optim.tree import tree_stack
 from .task import TaskSpec
 from .tasks.datasets import normalise
@@ -324,7 +325,7 @@ class Layout:
         """``tree`` (with ``lead`` leading dimensions) in the optimiser's layout."""
         if self.shapes is None:
             return tree
-        return {FLAT_KEY: torch.cat([v.reshape(*v.shape[:lead], -1) for v in tree.values()], dim=lead)}
+        return {FLAT_KEY: flatten_coordinates(tree, lead)}
 
     @property
     def coordinates(self) -> int:
@@ -334,13 +335,7 @@ class Layout:
         """The learner's named tensors (views, no copy) of a tree in the optimiser's layout."""
         if self.shapes is None:
             return tree
-        flat = tree[FLAT_KEY]
-        out, start = {}, 0
-        for name, shape in self.shapes.items():
-            n = shape.numel()
-            out[name] = flat[..., start : start + n].view(*flat.shape[:-1], *shape)
-            start += n
-        return out
+        return unflatten_coordinates(tree[FLAT_KEY], self.shapes)
 
 
 def _vmapped_step(learner: FunctionalLearner, optimizer: Any, layout: Layout) -> Callable:

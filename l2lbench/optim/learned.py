@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -70,23 +71,28 @@ def bind_fresh(optimizer: Any, seed: int = 0) -> Any:
     return optimizer.with_meta(optimizer.init_meta(generator=torch.Generator().manual_seed(seed)).eval())
 
 
-def flatten_coordinates(tree: Params) -> Tensor:
-    """All tensors of ``tree`` as one flat vector of coordinates, in the tree's key order.
+def flatten_coordinates(tree: Params, lead: int = 0) -> Tensor:
+    """All tensors of ``tree`` as one flat vector of coordinates, in the tree's key order;
+    the first ``lead`` dimensions (e.g. stacked seeds) are kept: ``(..., coordinates)``.
 
     A tree of one tensor (the runner hands coordinatewise optimisers one flat vector) gives
     a view of it, not a copy: treat the result as read-only.
     """
     if len(tree) == 1:
-        return next(iter(tree.values())).reshape(-1)
-    return torch.cat([v.reshape(-1) for v in tree.values()])
+        v = next(iter(tree.values()))
+        return v.reshape(*v.shape[:lead], -1)
+    return torch.cat([v.reshape(*v.shape[:lead], -1) for v in tree.values()], dim=lead)
 
 
-def unflatten_coordinates(flat: Tensor, like: Params) -> Params:
-    """Split a flat vector back into tensors shaped like ``like`` (inverse of the above)."""
+def unflatten_coordinates(flat: Tensor, like: Mapping[str, Tensor | torch.Size]) -> Params:
+    """Split ``(..., coordinates)`` back into views shaped like ``like`` (tensors or shapes),
+    keeping the leading dimensions (inverse of the above)."""
     out, start = {}, 0
     for name, v in like.items():
-        out[name] = flat[start : start + v.numel()].view(v.shape)
-        start += v.numel()
+        shape = v.shape if isinstance(v, Tensor) else torch.Size(v)
+        n = shape.numel()
+        out[name] = flat[..., start : start + n].view(*flat.shape[:-1], *shape)
+        start += n
     return out
 
 

@@ -30,7 +30,7 @@ from torch.func import vmap
 
 from ..optim.adapter import FunctionalAdapter
 from ..optim.base import StepContext, capability, interface_problems
-from ..optim.learned import bind_fresh
+from ..optim.learned import bind_fresh, flatten_coordinates, unflatten_coordinates
 from ..optim.tree import flatten_named, tensor_leaves, tree_stack
 
 Factory = Callable[..., Any]
@@ -181,18 +181,14 @@ def check_coordinatewise_flat(optimizer: Any) -> None:
     problem = Quadratic.make()
     expected, _ = _run(optimizer, problem, problem.init(), 5)
     shapes = {k: v.shape for k, v in problem.init().items()}
-
-    def named(flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(zip(shapes, (t.view(shape) for t, shape in zip(flat.split([s.numel() for s in shapes.values()]), shapes.values()))))
-
-    flat = {"coordinates": torch.cat([v.reshape(-1) for v in problem.init().values()])}
+    flat = {"coordinates": flatten_coordinates(problem.init())}
     state = optimizer.init(flat, generator=torch.Generator().manual_seed(0))
     for t in range(5):
-        params = named(flat["coordinates"])
-        grads = {"coordinates": torch.cat([g.reshape(-1) for g in problem.grads(params).values()])}
+        params = unflatten_coordinates(flat["coordinates"], shapes)
+        grads = {"coordinates": flatten_coordinates(problem.grads(params))}
         flat, state = optimizer.update(grads, state, flat, _context(t, params, problem.loss(params)))
         assert set(flat) == {"coordinates"}, f"update on a flat vector returned keys {sorted(flat)}"
-    _assert_close(named(flat["coordinates"]), expected, "flat vector vs named tensors", atol=1e-6)
+    _assert_close(unflatten_coordinates(flat["coordinates"], shapes), expected, "flat vector vs named tensors", atol=1e-6)
 
 
 def check_seeds_as_coordinates(optimizer: Any) -> None:
@@ -202,25 +198,24 @@ def check_seeds_as_coordinates(optimizer: Any) -> None:
     if not (capability(optimizer, "coordinatewise") and capability(optimizer, "context_free")):
         raise Skipped("does not declare coordinatewise = True and context_free = True")
     problem = Quadratic.make()
-
-    def flat(tree: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([v.reshape(-1) for v in tree.values()])
+    shapes = {k: v.shape for k, v in problem.init().items()}
 
     def run(inits: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-        size = flat(inits[0]).numel()
-        params = {"coordinates": torch.cat([flat(p) for p in inits])}
+        """The seeds' coordinates side by side, (seeds x P,), updated together; (seeds, P) back."""
+        stacked = flatten_coordinates(tree_stack(inits), lead=1)  # (seeds, P)
+        params = {"coordinates": stacked.reshape(-1)}
         state = optimizer.init(params)
         for t in range(5):
-            parts = params["coordinates"].split(size)
-            named = [dict(zip(inits[0], (x.view(v.shape) for x, v in zip(part.split([v.numel() for v in inits[0].values()]), inits[0].values())))) for part in parts]
-            grads = {"coordinates": torch.cat([flat(problem.grads(p)) for p in named])}
+            # The quadratic's gradient broadcasts over the leading seed dimension.
+            named = unflatten_coordinates(params["coordinates"].view(stacked.shape), shapes)
+            grads = {"coordinates": flatten_coordinates(problem.grads(named), lead=1).reshape(-1)}
             params, state = optimizer.update(grads, state, params, StepContext(step=t))
-        return params["coordinates"]
+        return params["coordinates"].view(stacked.shape)
 
     seeds = [problem.init(1), problem.init(2)]
-    together = run(seeds).split(flat(seeds[0]).numel())
+    together = run(seeds)
     for i, seed in enumerate(seeds):
-        alone = run([seed])
+        alone = run([seed])[0]
         if not torch.allclose(together[i], alone, atol=1e-6, rtol=0):
             diff = (together[i] - alone).abs().max().item()
             raise AssertionError(f"seed {i} beside another seed differs from seed {i} alone by up to {diff:.3g}")
