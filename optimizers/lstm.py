@@ -101,22 +101,29 @@ def lstm_layer(x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Tensor) ->
     return h, c
 
 
-def _gate_matrix(x: Tensor, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+def _input_block(x: Tensor, h: Tensor) -> Tensor:
+    """``[x; h; 1]``: a layer's inputs with the row of ones that carries the bias."""
+    return torch.cat([x, h, x.new_ones(1, x.shape[1])], dim=0)
+
+
+def _gate_matrix(x: Tensor | None, h: Tensor, weight: Tensor, bias: Tensor, block: Tensor | None = None) -> Tensor:
     """``W [x; h] + b``, (4 units, coordinates), as cheaply as the layer's shape allows.
 
     A wide layer (4 units at least its inputs, e.g. the 80 x 22 first layer) takes the
     bias as one more column of ``W`` against a row of ones under ``[x; h]``: one product
     that writes the gate matrix once (``addmm`` first copies the broadcast bias into all of
     it, then reads it back). A narrow layer (e.g. the authors' one-unit last layer: 4 x 21)
-    adds ``W_h h`` with a second product instead of copying ``[x; h]``.
+    adds ``W_h h`` with a second product instead of copying ``[x; h]``. ``block``: a wide
+    layer's ``[x; h; 1]`` already built (:func:`first_layer_block`), used instead of ``x``.
     """
+    if block is not None:
+        return torch.mm(torch.cat([weight, bias.unsqueeze(1)], dim=1), block)
     n, features = h.shape[0], x.shape[0]
     if features + n > 4 * n:
         gates = torch.addmm(bias.unsqueeze(1), weight[:, :features], x)
         w_h = weight[:, features:]
         return _addcmul_(gates, w_h, h) if n == 1 else gates.addmm_(w_h, h)  # n = 1: an outer product
-    inputs = torch.cat([x, h, x.new_ones(1, x.shape[1])], dim=0)
-    return torch.mm(torch.cat([weight, bias.unsqueeze(1)], dim=1), inputs)
+    return _gate_matrix(None, h, weight, bias, block=_input_block(x, h))
 
 
 def first_layer_block(grad: Tensor, h: Tensor, p: float) -> Tensor:
@@ -161,10 +168,7 @@ def lstm_layer_inplace(
             :func:`first_layer_block` builds it.
     """
     n = h.shape[0]
-    if block is not None:
-        gates = torch.mm(torch.cat([weight, bias.unsqueeze(1)], dim=1), block)
-    else:
-        gates = _gate_matrix(x, h, weight, bias)
+    gates = _gate_matrix(x, h, weight, bias, block=block)
     i, f, a, o = _activate_(gates, n)
     if functorch_active():  # out= cannot write into a plain tensor under vmap
         c = f.mul_(c).add_(i * a)  # addcmul_ has no vmap batching rule
@@ -218,7 +222,7 @@ class _FusedLSTMLayer(torch.autograd.Function):
             # One product for both: the bias gradient is the column against a row of ones.
             # Written as ([x; h; 1] d_gates^T)^T: the same sums over the coordinates, but BLAS
             # splits this orientation's long reduction across threads (2x faster here).
-            d_wb = torch.cat([x, h, x.new_ones(1, x.shape[1])], dim=0).mm(d_gates.t()).t()
+            d_wb = _input_block(x, h).mm(d_gates.t()).t()
             d_w, d_b = d_wb[:, :-1], d_wb[:, -1]
         return d_x, d_h, d_c.mul_(f) if need_c else None, d_w, d_b
 
