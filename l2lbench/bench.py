@@ -49,6 +49,7 @@ from .hashing import derive_seed
 from .learned.spec import MetaTrainingSpec
 from .learned.train import meta_train
 from .learner import FunctionalLearner
+from .native.build import status as native_status
 from .optim.learned import bind_fresh, is_learned
 from .provenance import provenance
 from .task import TaskSpec
@@ -413,6 +414,7 @@ def run_bench(
         "memory_method": probe.method,
         "malloc_keeps_freed_memory": keep_freed,
         "provenance": provenance(device),
+        "native_kernels": native_status(),  # which hot loops ran as C kernels, or why not
         "reference": {
             name: {"optimizer": f"torch.optim.{REFERENCES[name].__name__}(lr={REFERENCE_LR})", "ms_per_step": summary(values)}
             for name, values in bare.items()
@@ -508,6 +510,9 @@ def format_text(report: dict[str, Any]) -> str:
     lines.append(f"one test-set evaluation ({report['evaluation']['test_examples']} examples, 1 seed): "
                  f"{mm(report['evaluation']['ms_per_evaluation'])} ms, not included above")
     lines.append(f"memory: {report['memory_method']}; meta-test growth measured in this process after the timed runs")
+    kernels = report.get("native_kernels") or {}
+    if kernels:
+        lines.append("C kernels: " + "; ".join(f"{name}: {how}" for name, how in kernels.items()))
     return "\n".join(lines)
 
 

@@ -39,6 +39,7 @@ import torch
 from .errors import L2LBenchError, PluginError, UsageError
 from .learned.cache import build_for_meta_test, ensure_meta_trained
 from .learner import FunctionalLearner
+from .native.build import status as native_status
 from .optim.base import capability
 from .optim.registry import OptimizerRegistry, ResolvedOptimizer
 from .optim.spec import OptimizerSpec
@@ -532,8 +533,9 @@ def _base(job: RunJob, seed: int, info: dict) -> dict:
 
 
 def _record(job: RunJob, outcome: SeedOutcome, wall_time: float, info: dict) -> RunRecord:
+    kernels = native_status()  # asked for while this run trained, or earlier in this process
     return RunRecord(
-        **_base(job, outcome.seed, info),
+        **_base(job, outcome.seed, {**info, "native_kernels": kernels} if kernels else info),
         status="diverged" if outcome.diverged_step is not None else "ok",
         diverged_step=outcome.diverged_step,
         train_loss=outcome.train_loss,

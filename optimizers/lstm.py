@@ -28,7 +28,10 @@ Speed: the step is dominated by the first layer's 80 x 22 gate matrix per coordi
 each form of a layer writes it once and works on it in place. :func:`lstm_layer` is the
 straightforward reference; :func:`lstm_layer_inplace` serves meta-test (autograd off) and
 :func:`lstm_layer_fused` meta-training (a hand-written backward). Both equal the
-reference to float rounding (``tests/test_learned_optimizers.py``). With several seeds the
+reference to float rounding (``tests/test_learned_optimizers.py``). On a CPU, meta-test
+runs the C kernel of :mod:`l2lbench.native.lstm` before either: the whole step in one pass
+over the coordinates, the gates never written to memory (the in-place form then serves
+CUDA, float64, and machines where the kernel cannot be built). With several seeds the
 runner hands ``update`` the seeds' coordinates side by side, a few seeds at a time
 (``context_free``, ``max_coordinates``; see :mod:`l2lbench.training`).
 """
@@ -44,9 +47,11 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from l2lbench.optim.base import Params, StepContext
+from l2lbench.native import lstm as native
 from l2lbench.optim.learned import (
     LearnedOptimizer,
     flatten_coordinates,
+    functorch_active,
     gradient_features,
     preprocess_rows,
     uniform_,
@@ -245,11 +250,6 @@ def lstm_layer_fused(x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Tens
     return _FusedLSTMLayer.apply(x, h, c, weight, bias)
 
 
-def functorch_active() -> bool:
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return True if active is None else bool(active())
-
-
 @dataclass(frozen=True)
 class LSTMOptimizer(LearnedOptimizer):
     """Coordinatewise LSTM optimiser (hyperparameters; meta-parameters bound via ``meta``)."""
@@ -317,6 +317,13 @@ class LSTMOptimizer(LearnedOptimizer):
         module = self.module
         differentiable = torch.is_grad_enabled()
         grad = flatten_coordinates(grads).to(module.weights[0].dtype)
+        flat = flatten_coordinates(params)
+        if native.applies(grad, flat, module.weights):  # meta-test on a CPU: one fused pass
+            new_flat, hidden, cell = native.lstm_step(
+                grad, flat, state.hidden, state.cell, module.weights, module.biases,
+                preprocess_p=self.preprocess_p, output_scale=self.output_scale, head=module.head,
+            )
+            return unflatten_coordinates(new_flat, params), LSTMState(hidden, cell)
         hidden, cell = [], []
         layers = list(zip(module.weights, module.biases, state.hidden, state.cell))
         if differentiable or functorch_active():
@@ -333,7 +340,6 @@ class LSTMOptimizer(LearnedOptimizer):
             hidden.append(x)
             cell.append(c)
         out = (module.head(x.t()).t() if module.head is not None else x).squeeze(0)  # (coordinates,)
-        flat = flatten_coordinates(params)
         if differentiable:
             new_flat = flat + (self.output_scale * out).to(flat.dtype)
         else:

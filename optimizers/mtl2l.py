@@ -41,7 +41,8 @@ Because the synapses depend on the batch but not on the coordinate, each step fi
 composes the small per-gate matrices (folding the Linear(2, hidden) into W_t) and then does
 one matrix product over all |theta| coordinates, instead of multiplying every coordinate
 through Q, diag and P^T separately; the result is the same to float rounding. The LSTM
-layers are the LSTM optimiser's fast forms (:mod:`l2lbench.optimizers.lstm`); at meta-test
+layers are the LSTM optimiser's fast forms (:mod:`l2lbench.optimizers.lstm`; at meta-test
+on a CPU its C kernel, with the composed synapses as the layers' weights); at meta-test
 (autograd off, eval mode: no dropout) the four hypernetworks' first layers run as one
 product, and the batch mean is taken before their affine second layers.
 """
@@ -58,15 +59,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2lbench.optim.base import Params, StepContext
+from l2lbench.native import lstm as native
 from l2lbench.optim.learned import (
     LearnedOptimizer,
     flatten_coordinates,
+    functorch_active,
     gradient_features,
     uniform_,
     unflatten_coordinates,
 )
 from l2lbench.optim.validate import check_range
-from l2lbench.optimizers.lstm import functorch_active, first_layer_block, lstm_layer_fused, lstm_layer_inplace
+from l2lbench.optimizers.lstm import first_layer_block, lstm_layer_fused, lstm_layer_inplace
 
 FAMILIES = ("input1", "recurrent1", "input2", "recurrent2")
 GATES = 4
@@ -263,6 +266,14 @@ class MTL2L(LearnedOptimizer):
         weight2 = torch.cat([module.input2 * scale2, recurrent2.expand(GATES, 1)], dim=1)  # (gates, H + 1)
 
         grad = flatten_coordinates(grads).to(module.embed.dtype)
+        flat = flatten_coordinates(params)
+        if native.applies(grad, flat, (weight1, weight2)):  # meta-test on a CPU: one fused pass
+            new_flat, hidden, cell = native.lstm_step(
+                grad, flat, state.hidden, state.cell, (weight1, weight2), (module.bias1, module.bias2),
+                preprocess_p=self.preprocess_p, output_scale=self.output_scale,
+            )
+            new_state = MTL2LState(hidden=hidden, cell=cell, context=smoothed)
+            return unflatten_coordinates(new_flat, params), new_state
         if differentiable or functorch_active():
             layer = lstm_layer_fused if differentiable else lstm_layer_inplace
             h1, c1 = layer(gradient_features(grad, self.preprocess_p), state.hidden[0], state.cell[0], weight1, module.bias1)
@@ -271,7 +282,6 @@ class MTL2L(LearnedOptimizer):
             block = first_layer_block(grad, state.hidden[0], self.preprocess_p)
             h1, c1 = layer(None, state.hidden[0], state.cell[0], weight1, module.bias1, block=block)
         h2, c2 = layer(h1, state.hidden[1], state.cell[1], weight2, module.bias2)
-        flat = flatten_coordinates(params)
         if differentiable:
             new_flat = flat + (self.output_scale * h2.squeeze(0)).to(flat.dtype)
         else:

@@ -44,6 +44,8 @@ def test_json_report_has_every_field(report):
     assert report["learner_parameters"] == 25450
     assert report["provenance"]["torch_threads"] == 1 and "memory_method" in report
     assert isinstance(report["malloc_keeps_freed_memory"], bool)
+    # The LSTM's meta-test ran through its C kernel, or the report says why not.
+    assert report["native_kernels"]["lstm"] == "native" or "unavailable" in report["native_kernels"]["lstm"]
     for name in ("torch-sgd", "torch-adam"):
         assert _is_summary(report["reference"][name]["ms_per_step"])
     assert _is_summary(report["evaluation"]["ms_per_evaluation"])
@@ -74,7 +76,7 @@ def test_json_report_has_every_field(report):
 def test_text_report_names_every_figure(report):
     text = format_text(report)
     for needle in ("torch.optim.SGD", "torch.optim.Adam", "meta-test ms/seed-step", "x torch SGD",
-                   "meta-train ms/learner step", "unroll 2", "RSS growth, 4 steps", "test-set evaluation", "lstm", "sgd"):
+                   "meta-train ms/learner step", "unroll 2", "RSS growth, 4 steps", "test-set evaluation", "lstm", "sgd", "C kernels: lstm"):
         assert needle in text, needle
 
 

@@ -161,6 +161,13 @@ def gradient_features(grad: Tensor, p: float = 10.0) -> Tensor:
     return preprocess_rows(grad, p)
 
 
+def functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (``vmap``, ``grad``) is tracing this call: the
+    in-place and native forms of the learned optimisers then give way to plain ones."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return True if active is None else bool(active())
+
+
 def uniform_(tensor: Tensor, bound: float, generator: torch.Generator) -> Tensor:
     """In-place U(-bound, bound) from ``generator`` (initialisation helper)."""
     with torch.no_grad():

@@ -1,0 +1,132 @@
+"""Compiling a packaged C kernel on first use, once per machine, and loading it with ctypes.
+
+The shared library is built with ``-march=native`` for the CPU it runs on, so the cache key
+holds the source, the compiler's version and the CPU's feature flags: a cache directory
+shared by machines of different CPUs (a cluster's home directory) keeps one build per CPU
+kind. Builds write to a temporary file renamed into place, so worker processes that build
+at the same moment never load a half-written library.
+
+Nothing here raises for a missing or failing compiler: :func:`load` returns ``None``, warns
+once with the reason, and the callers run their PyTorch forms instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+import warnings
+from importlib import resources
+from pathlib import Path
+
+SWITCH_ENV = "L2LBENCH_NATIVE"  # "0": never build or load a kernel
+CACHE_ENV = "L2LBENCH_NATIVE_CACHE"  # where builds are kept (default: the user cache)
+
+COMMON_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC")
+# Tried in order: with glibc's vector maths library (libmvec), then without it (other C
+# libraries; the transcendental functions are then scalar, the kernel still fused).
+VARIANTS = ((("-DL2L_MVEC",), ("-lmvec",)), ((), ()))
+
+
+class NativeKernelWarning(RuntimeWarning):
+    """A C kernel could not be built or loaded; the slower PyTorch form runs instead."""
+
+
+def enabled() -> bool:
+    return os.environ.get(SWITCH_ENV, "1") != "0"
+
+
+def load(name: str) -> ctypes.CDLL | None:
+    """The kernel ``l2lbench/native/<name>.c`` as a loaded library, or ``None`` (see
+    :func:`unavailable_reason`) when it is switched off or cannot be built here."""
+    if not enabled():
+        return None
+    library, _ = _load(name)
+    return library
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why :func:`load` gives ``None`` for ``name``, or ``None`` when the kernel loads."""
+    if not enabled():
+        return f"{SWITCH_ENV}=0"
+    return _load(name)[1]
+
+
+def status() -> dict[str, str]:
+    """The kernels this process has asked for so far: ``"native"`` where one runs, else
+    why the PyTorch form runs instead; for the provenance of results."""
+    attempted = {name: _load(name)[1] for name in _ATTEMPTED}
+    if not enabled():
+        attempted = {name: f"{SWITCH_ENV}=0" for name in attempted}
+    return {name: reason or "native" for name, reason in attempted.items()}
+
+
+_ATTEMPTED: list[str] = []
+
+
+@functools.cache
+def _load(name: str) -> tuple[ctypes.CDLL | None, str | None]:
+    _ATTEMPTED.append(name)
+    try:
+        return ctypes.CDLL(str(_built(name))), None
+    except (OSError, subprocess.SubprocessError, RuntimeError) as error:
+        reason = f"the C kernel {name!r} is unavailable ({error}); using the slower PyTorch form"
+        warnings.warn(reason, NativeKernelWarning, stacklevel=3)
+        return None, reason
+
+
+def _built(name: str) -> Path:
+    source = resources.files("l2lbench.native").joinpath(f"{name}.c").read_bytes()
+    compiler = _compiler()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256(b"\0".join([source, version.encode(), _cpu_flags().encode()])).hexdigest()[:16]
+    target = _cache_dir() / f"{name}-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        source_path = Path(scratch) / f"{name}.c"
+        source_path.write_bytes(source)
+        output = Path(scratch) / target.name
+        for defines, libraries in VARIANTS:
+            command = [compiler, *COMMON_FLAGS, *defines, str(source_path), "-o", str(output), *libraries]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            if done.returncode == 0:
+                os.replace(output, target)
+                return target
+            errors.append(done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"])
+    raise RuntimeError(f"{compiler} failed: {errors[-1][0]}")
+
+
+def _compiler() -> str:
+    configured = os.environ.get("CC") or (sysconfig.get_config_var("CC") or "").split(" ")[0]
+    for candidate in (configured, "cc", "gcc", "clang"):
+        if candidate and shutil.which(candidate):
+            return candidate
+    raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
+
+
+def _cache_dir() -> Path:
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured)
+    import platformdirs  # only when a kernel is first built or looked up
+
+    return Path(platformdirs.user_cache_dir("l2lbench")) / "native"

@@ -1,0 +1,164 @@
+"""The C kernels (``l2lbench/native``): the same numbers as the PyTorch forms they replace,
+used only where they apply, and a clean fallback where they cannot be built."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from l2lbench.native import build
+from l2lbench.native import lstm as native
+from l2lbench.optim.base import StepContext
+from l2lbench.optim.learned import bind_fresh, flatten_coordinates
+from l2lbench.optimizers.lstm import lstm
+from l2lbench.optimizers.mtl2l import mtl2l
+
+needs_kernel = pytest.mark.skipif(
+    build.load("lstm") is None, reason=f"no native LSTM kernel here: {build.unavailable_reason('lstm')}"
+)
+
+
+def _steps(opt, grads_seq, params, *, inputs=None):
+    """Meta-test updates (autograd off) over a sequence of gradients; every state on the way."""
+    state = opt.init(params)
+    history = []
+    with torch.no_grad():
+        for t, grads in enumerate(grads_seq):
+            params, state = opt.update(grads, state, params, StepContext(t, inputs=inputs))
+            history.append((flatten_coordinates(params), *state.hidden, *state.cell))
+    return history
+
+
+def _gradients(shape, steps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # Scales from 1 to 1e-6 cross the preprocessing threshold e^-10 in both directions.
+    return [{"w": torch.randn(shape, generator=g) * 10.0 ** (-t)} for t in range(steps)]
+
+
+def _both_forms(opt, grads_seq, params, monkeypatch, **kwargs):
+    kernel = _steps(opt, grads_seq, params, **kwargs)
+    with monkeypatch.context() as patched:
+        patched.setenv(build.SWITCH_ENV, "0")
+        assert not native.applies(torch.zeros(1), torch.zeros(1), [torch.zeros(4, 3)])
+        reference = _steps(opt, grads_seq, params, **kwargs)
+    return kernel, reference
+
+
+@needs_kernel
+# Coordinate counts around the kernel's tile (16 lanes x 4 on AVX-512) and block (8 tiles).
+@pytest.mark.parametrize("coordinates", [1, 15, 64, 65, 511, 512, 513, 1100, 3000])
+@pytest.mark.parametrize("kwargs", [{}, {"head": "linear", "layers": 3, "hidden": 7}, {"layers": 1}],
+                         ids=["authors", "linear-3-layers", "one-layer"])
+def test_lstm_kernel_matches_pytorch_form(coordinates, kwargs, monkeypatch):
+    opt = bind_fresh(lstm(**kwargs), seed=3)
+    params = {"w": torch.randn(coordinates, generator=torch.Generator().manual_seed(9))}
+    kernel, reference = _both_forms(opt, _gradients((coordinates,), 6), params, monkeypatch)
+    for got_step, want_step in zip(kernel, reference):
+        for got, want in zip(got_step, want_step):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert build.status()["lstm"] == "native"
+
+
+@needs_kernel
+def test_mtl2l_kernel_matches_pytorch_form(monkeypatch):
+    opt = bind_fresh(mtl2l(context_features=12), seed=2)
+    inputs = torch.randn(8, 12, generator=torch.Generator().manual_seed(1))
+    params = {"w": torch.randn(40, 17), "b": torch.zeros(40)}
+    grads = [{"w": g["w"], "b": g["w"][:, 0]} for g in _gradients((40, 17), 5)]
+    kernel, reference = _both_forms(opt, grads, params, monkeypatch, inputs=inputs)
+    for got_step, want_step in zip(kernel, reference):
+        for got, want in zip(got_step, want_step):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_non_finite_gradients_give_what_the_pytorch_form_gives(monkeypatch):
+    opt = bind_fresh(lstm())
+    grad = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, 1e-30, -3.0] * 20)
+    kernel, reference = _both_forms(opt, [{"w": grad}], {"w": torch.zeros(grad.shape)}, monkeypatch)
+    for got, want in zip(kernel[0], reference[0]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, equal_nan=True)
+    new_params = kernel[0][0].view(20, 6)
+    assert torch.isnan(new_params[:, 0]).all() and torch.isfinite(new_params[:, 3:]).all()
+
+
+@needs_kernel
+def test_result_does_not_depend_on_the_thread_count():
+    opt = bind_fresh(lstm())
+    params = {"w": torch.randn(5000)}
+    grads = _gradients((5000,), 3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _steps(opt, grads, params)
+        torch.set_num_threads(2)
+        two = _steps(opt, grads, params)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for x, y in zip(one, two) for a, b in zip(x, y))
+
+
+@needs_kernel
+def test_kernel_applies_only_where_it_can():
+    grad, flat, weights = torch.zeros(10), torch.zeros(10), [torch.zeros(80, 22), torch.zeros(4, 21)]
+    with torch.no_grad():
+        assert native.applies(grad, flat, weights)
+        assert not native.applies(grad.double(), flat, weights)  # float32 only
+        assert not native.applies(grad, flat, [torch.zeros(4, build_limit() + 1)])  # too wide
+        assert not torch.func.vmap(lambda g: torch.tensor(native.applies(g, flat, weights)))(grad[None]).item()
+    assert not native.applies(grad, flat, weights)  # autograd on: meta-training's form
+
+
+def build_limit() -> int:
+    return int(build.load("lstm").l2l_lstm_max_inputs())
+
+
+@needs_kernel
+def test_too_wide_a_layer_runs_the_pytorch_form():
+    opt = bind_fresh(lstm(hidden=build_limit()), seed=0)  # layer 1: 2 + hidden inputs
+    params = {"w": torch.randn(7)}
+    (step,) = _steps(opt, _gradients((7,), 1), params)
+    assert torch.isfinite(step[0]).all()
+
+
+def test_without_a_compiler_the_pytorch_form_runs(monkeypatch, tmp_path):
+    def no_compiler() -> str:
+        raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
+
+    monkeypatch.setattr(build, "_compiler", no_compiler)
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
+    build._load.cache_clear()
+    try:
+        with pytest.warns(build.NativeKernelWarning, match="no C compiler found"):
+            assert build.load("lstm") is None
+        assert "no C compiler" in build.status()["lstm"]
+        with torch.no_grad():
+            assert not native.applies(torch.zeros(3), torch.zeros(3), [torch.zeros(80, 22)])
+        opt = bind_fresh(lstm())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # warned once per process, not per step
+            (step,) = _steps(opt, _gradients((30,), 1), {"w": torch.zeros(30)})
+        assert torch.isfinite(step[0]).all()
+    finally:
+        build._load.cache_clear()  # later tests load the real kernel again
+
+
+def test_a_failing_compiler_is_reported_with_its_message(monkeypatch, tmp_path):
+    monkeypatch.setattr(build, "_compiler", lambda: "false")  # exits 1, prints nothing
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
+    with pytest.raises(RuntimeError, match="false failed: exit 1"):
+        build._built("lstm")
+    assert list(tmp_path.iterdir()) == []  # no half-built library left behind
+
+
+@needs_kernel
+def test_builds_are_cached_per_source_and_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
+    first = build._built("lstm")
+    modified = first.stat().st_mtime_ns
+    assert build._built("lstm") == first and first.stat().st_mtime_ns == modified  # not rebuilt
+    monkeypatch.setattr(build, "_cpu_flags", lambda: "flags : another cpu")
+    other = build._built("lstm")
+    assert other != first and sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, other.name])
