@@ -247,6 +247,8 @@ def lstm_layer_fused(x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Tens
     """
     if functorch_active():
         return lstm_layer(x, h, c, weight, bias)
+    if native.layer_applies(x, h, c, weight, bias):  # on a CPU: the same two passes in C
+        return native.lstm_layer(x, h, c, weight, bias)
     return _FusedLSTMLayer.apply(x, h, c, weight, bias)
 
 

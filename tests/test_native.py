@@ -12,7 +12,7 @@ from l2lbench.native import build
 from l2lbench.native import lstm as native
 from l2lbench.optim.base import StepContext
 from l2lbench.optim.learned import bind_fresh, flatten_coordinates
-from l2lbench.optimizers.lstm import lstm
+from l2lbench.optimizers.lstm import lstm, lstm_layer
 from l2lbench.optimizers.mtl2l import mtl2l
 
 needs_kernel = pytest.mark.skipif(
@@ -162,3 +162,50 @@ def test_builds_are_cached_per_source_and_cpu(monkeypatch, tmp_path):
     monkeypatch.setattr(build, "_cpu_flags", lambda: "flags : another cpu")
     other = build._built("lstm")
     assert other != first and sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, other.name])
+
+
+@needs_kernel
+@pytest.mark.parametrize("coordinates,inputs,units", [(1, 2, 20), (77, 3, 5), (513, 2, 20), (3000, 20, 1), (1100, 7, 7)])
+@pytest.mark.parametrize("input_needs_grad", [True, False])
+def test_training_layer_matches_autograd_of_the_reference(coordinates, inputs, units, input_needs_grad):
+    g = torch.Generator().manual_seed(coordinates)
+    x = torch.randn(inputs, coordinates, generator=g).requires_grad_(input_needs_grad)
+    h, c = (torch.randn(units, coordinates, generator=g).requires_grad_() for _ in range(2))
+    weight = (torch.randn(4 * units, inputs + units, generator=g) * 0.3).requires_grad_()
+    bias = torch.randn(4 * units, generator=g).requires_grad_()
+    dh, dc = torch.randn(units, coordinates, generator=g), torch.randn(units, coordinates, generator=g)
+    leaves = [t for t in (x, h, c, weight, bias) if t.requires_grad]
+    results = []
+    for layer in (lstm_layer, native.lstm_layer):
+        assert native.layer_applies(x, h, c, weight, bias)
+        h_new, c_new = layer(x, h, c, weight, bias)
+        grads = torch.autograd.grad((h_new * dh).sum() + (c_new * dc).sum(), leaves)
+        results.append((h_new, c_new, *grads))
+    for got, want in zip(*reversed(results)):
+        # The weight gradient sums over every coordinate: compare relative to its size.
+        torch.testing.assert_close(got, want, atol=1e-5 * max(1.0, want.abs().max().item()), rtol=1e-5)
+
+
+@needs_kernel
+def test_training_layer_is_used_by_meta_training_and_left_to_pytorch_elsewhere():
+    x, h, c = torch.zeros(2, 5), torch.zeros(20, 5), torch.zeros(20, 5)
+    weight, bias = torch.zeros(80, 22), torch.zeros(80)
+    assert native.layer_applies(x, h, c, weight, bias)
+    assert not native.layer_applies(x.double(), h.double(), c.double(), weight.double(), bias.double())
+    assert not torch.func.vmap(lambda x: torch.tensor(native.layer_applies(x, h, c, weight, bias)))(x[None]).item()
+    opt = bind_fresh(lstm())
+    params = {"w": torch.randn(40)}
+    with torch.enable_grad():
+        new, _ = opt.update({"w": torch.randn(40)}, opt.init(params), params, StepContext(0))
+    names = {type(node).__name__ for node in _graph_nodes(new["w"].grad_fn)}
+    assert "_LayerBackward" in names and "_FusedLSTMLayerBackward" not in names
+
+
+def _graph_nodes(node, seen=None):
+    seen = set() if seen is None else seen
+    if node is None or node in seen:
+        return seen
+    seen.add(node)
+    for child, _ in node.next_functions:
+        _graph_nodes(child, seen)
+    return seen

@@ -101,8 +101,9 @@ def _built(name: str) -> Path:
             if done.returncode == 0:
                 os.replace(output, target)
                 return target
-            errors.append(done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"])
-    raise RuntimeError(f"{compiler} failed: {errors[-1][0]}")
+            lines = done.stderr.strip().splitlines()
+            errors.append(next((line for line in lines if "error" in line), lines[-1] if lines else f"exit {done.returncode}"))
+    raise RuntimeError(f"{compiler} failed: {errors[-1]}")
 
 
 def _compiler() -> str:

@@ -12,7 +12,9 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <omp.h>
 
 #ifdef L2L_MVEC
 /* glibc's libmvec vector variants; its headers declare them only under -ffast-math,
@@ -171,4 +173,174 @@ void l2l_lstm_step(
         int64_t k0 = k * BLOCK;
         block_step(&a, k0, coordinates - k0 < BLOCK ? (int)(coordinates - k0) : BLOCK);
     }
+}
+
+/* ---- Meta-training: one layer's forward, keeping its activated gates, and its backward ----
+ * The same cell as above for one layer at a time, so that autograd can chain layers, steps
+ * and whatever composed the weights (MTL2L's hypernetworks). Layouts: x (inputs, N),
+ * h and c (n, N), gates (4n, N) activated (i, f, a, o), weight (4n, inputs + n). */
+
+void l2l_lstm_layer_forward(
+    int64_t N, int64_t inputs, int64_t n, const float *weight, const float *bias, const float *x, const float *h,
+    const float *c, float *gates_out, float *h_out, float *c_out, int threads)
+{
+    const int64_t blocks = (N + BLOCK - 1) / BLOCK;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t k = 0; k < blocks; k++) {
+        const int64_t k0 = k * BLOCK;
+        const int len = N - k0 < BLOCK ? (int)(N - k0) : BLOCK;
+        const float *rows[L2L_MAX_INPUTS];
+        float gates[4][TILE];
+        for (int64_t u = 0; u < n; u++) {
+            for (int t0 = 0; t0 < len; t0 += TILE) {
+                const int m = len - t0 < TILE ? len - t0 : TILE;
+                const int64_t at = k0 + t0;
+                for (int64_t j = 0; j < inputs; j++) rows[j] = x + j * N + at;
+                for (int64_t j = 0; j < n; j++) rows[inputs + j] = h + j * N + at;
+                if (m == TILE)
+                    gates_full_tile(rows, inputs + n, weight, bias, n, u, gates);
+                else
+                    gates_partial_tile(rows, inputs + n, weight, bias, n, u, m, gates);
+                float *gi = gates_out + u * N + at, *gf = gi + n * N, *ga = gf + n * N, *go = ga + n * N;
+                const float *c_prev = c + u * N + at;
+                float *c_new = c_out + u * N + at, *h_new = h_out + u * N + at;
+#pragma omp simd
+                for (int t = 0; t < m; t++) {
+                    float i = sigmoid(gates[0][t]), f = sigmoid(gates[1][t]), a = tanhf(gates[2][t]);
+                    float o = sigmoid(gates[3][t]), cell = f * c_prev[t] + i * a;
+                    gi[t] = i; gf[t] = f; ga[t] = a; go[t] = o;
+                    c_new[t] = cell;
+                    h_new[t] = o * tanhf(cell);
+                }
+            }
+        }
+    }
+}
+
+/* W^T dG over a block: the gradients of the layer's input rows j0..width-1 (x's, then h's),
+ * four rows at a time per tile, so that each gate gradient loaded serves 4 x VECS FMAs. */
+static void input_gradients(const float *weight, const float *dG, int64_t width, int64_t R, int64_t j0,
+    int64_t inputs, float *d_x, float *d_h, int64_t N, int64_t k0, int len)
+{
+    for (int64_t j = j0; j < width; j += 4) {
+        const int jn = width - j < 4 ? (int)(width - j) : 4;
+        float *out[4];
+        for (int q = 0; q < jn; q++) out[q] = (j + q < inputs ? d_x + (j + q) * N : d_h + (j + q - inputs) * N) + k0;
+        int t0 = 0;
+        for (; t0 + TILE <= len; t0 += TILE) {
+            vec s[4][VECS];
+            for (int q = 0; q < 4; q++) for (int v = 0; v < VECS; v++) s[q][v] = (vec){0};
+            for (int64_t r = 0; r < R; r++) {
+                vec g[VECS];
+                for (int v = 0; v < VECS; v++) g[v] = load(dG + r * BLOCK + t0 + v * LANES);
+                for (int q = 0; q < 4; q++) {
+                    const float w = q < jn ? weight[r * width + j + q] : 0.0f;
+                    for (int v = 0; v < VECS; v++) s[q][v] += w * g[v];
+                }
+            }
+            for (int q = 0; q < jn; q++) for (int v = 0; v < VECS; v++) store(out[q] + t0 + v * LANES, s[q][v]);
+        }
+        for (int q = 0; q < jn; q++)
+            for (int t = t0; t < len; t++) {
+                float s = 0.0f;
+                for (int64_t r = 0; r < R; r++) s += weight[r * width + j + q] * dG[r * BLOCK + t];
+                out[q][t] = s;
+            }
+    }
+}
+
+/* dG [x; h; 1]^T over a block, added lane-wise into the thread's partial sums: 4 gate rows
+ * by 4 input rows of accumulators in registers for the whole block, then one addition each. */
+static void weight_gradients(const float *dG, const float *const *rows, int64_t cols, int64_t R, vec *acc, int len)
+{
+    const int full = len / LANES * LANES;
+    for (int64_t r = 0; r < R; r += 4) {
+        const int rn = R - r < 4 ? (int)(R - r) : 4;
+        for (int64_t j = 0; j < cols; j += 4) {
+            const int jn = cols - j < 4 ? (int)(cols - j) : 4;
+            vec s[4][4];
+            for (int a = 0; a < 4; a++) for (int q = 0; q < 4; q++) s[a][q] = (vec){0};
+            for (int t = 0; t < full; t += LANES) {
+                vec g[4], in[4];
+                for (int a = 0; a < 4; a++) g[a] = a < rn ? load(dG + (r + a) * BLOCK + t) : (vec){0};
+                for (int q = 0; q < 4; q++) in[q] = q < jn ? load(rows[j + q] + t) : (vec){0};
+                for (int a = 0; a < 4; a++) for (int q = 0; q < 4; q++) s[a][q] += g[a] * in[q];
+            }
+            for (int a = 0; a < rn; a++)
+                for (int q = 0; q < jn; q++) {
+                    vec *target = acc + (r + a) * cols + j + q;
+                    *target += s[a][q];
+                    for (int t = full; t < len; t++) (*target)[0] += dG[(r + a) * BLOCK + t] * rows[j + q][t];
+                }
+        }
+    }
+}
+
+/* The backward of l2l_lstm_layer_forward. Per block, first the gate gradients unit by unit
+ * (long runs over the saved rows, as in the forward) into a per-thread block buffer, then
+ * the input gradients W^T dG and the weight gradient dG [x; h; 1]^T from that buffer. The
+ * weight gradient sums over all coordinates: each thread keeps lane-wise partial sums,
+ * added up once at the end, so for a given thread count every call gives the same result.
+ * d_x may be NULL (inputs that need no gradient). Returns 0, or 1 when the scratch memory
+ * cannot be allocated. */
+int l2l_lstm_layer_backward(
+    int64_t N, int64_t inputs, int64_t n, const float *weight, const float *x, const float *h, const float *c,
+    const float *gates, const float *c_new, const float *dh, const float *dc, float *d_x, float *d_h, float *d_c,
+    float *d_wb, int threads)
+{
+    const int64_t width = inputs + n, R = 4 * n, cols = width + 1; /* + 1: the bias */
+    const int64_t blocks = (N + BLOCK - 1) / BLOCK;
+    const size_t partial_bytes = (size_t)threads * R * cols * sizeof(vec); /* a multiple of the alignment */
+    vec *partial = aligned_alloc(sizeof(vec), partial_bytes);
+    float *scratch = aligned_alloc(sizeof(vec), (size_t)threads * R * BLOCK * sizeof(float));
+    float *ones = malloc(BLOCK * sizeof(float)); /* the bias's input row */
+    int used = 1;
+    if (!partial || !scratch || !ones) { free(partial); free(scratch); free(ones); return 1; }
+    memset(partial, 0, partial_bytes);
+    for (int t = 0; t < BLOCK; t++) ones[t] = 1.0f;
+#pragma omp parallel num_threads(threads)
+    {
+        const int tid = omp_get_thread_num();
+#pragma omp single
+        used = omp_get_num_threads();
+        vec *acc = partial + (int64_t)tid * R * cols;
+        float *dG = scratch + (int64_t)tid * R * BLOCK;
+        const float *rows[L2L_MAX_INPUTS + 1];
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < blocks; k++) {
+            const int64_t k0 = k * BLOCK;
+            const int len = N - k0 < BLOCK ? (int)(N - k0) : BLOCK;
+            /* gate gradients: h' = o tanh(c'), c' = f c + i a */
+            for (int64_t u = 0; u < n; u++) {
+                const int64_t at = u * N + k0;
+                const float *i = gates + at, *f = i + n * N, *a = f + n * N, *o = a + n * N;
+                float *di = dG + u * BLOCK, *df = di + n * BLOCK, *da = df + n * BLOCK, *d_o = da + n * BLOCK;
+#pragma omp simd
+                for (int t = 0; t < len; t++) {
+                    float tc = tanhf(c_new[at + t]), g = dh[at + t];
+                    float dcell = g * o[t] * (1.0f - tc * tc) + dc[at + t];
+                    d_o[t] = g * tc * o[t] * (1.0f - o[t]);
+                    di[t] = dcell * a[t] * i[t] * (1.0f - i[t]);
+                    df[t] = dcell * c[at + t] * f[t] * (1.0f - f[t]);
+                    da[t] = dcell * i[t] * (1.0f - a[t] * a[t]);
+                    d_c[at + t] = dcell * f[t];
+                }
+            }
+            for (int64_t j = 0; j < inputs; j++) rows[j] = x + j * N + k0;
+            for (int64_t j = 0; j < n; j++) rows[inputs + j] = h + j * N + k0;
+            rows[width] = ones;
+            input_gradients(weight, dG, width, R, d_x ? 0 : inputs, inputs, d_x, d_h, N, k0, len);
+            weight_gradients(dG, rows, cols, R, acc, len);
+        }
+    }
+    for (int64_t e = 0; e < R * cols; e++) {
+        float s = 0.0f;
+        for (int tid = 0; tid < used; tid++)
+            for (int l = 0; l < LANES; l++) s += partial[(int64_t)tid * R * cols + e][l];
+        d_wb[e] = s;
+    }
+    free(partial);
+    free(scratch);
+    free(ones);
+    return 0;
 }

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from l2lbench.native.build import load
 from l2lbench.optim.learned import functorch_active
@@ -20,14 +22,22 @@ _ARGTYPES = [
 ]
 
 
-def _kernel() -> ctypes._CFuncPtr | None:
+_I64, _INT = ctypes.c_int64, ctypes.c_int
+_SIGNATURES = {
+    "l2l_lstm_step": (_ARGTYPES, None),
+    "l2l_lstm_layer_forward": ([_I64, _I64, _I64] + [_POINTER] * 8 + [_INT], None),
+    "l2l_lstm_layer_backward": ([_I64, _I64, _I64] + [_POINTER] * 12 + [_INT], _INT),
+}
+
+
+def _kernel(name: str = "l2l_lstm_step") -> ctypes._CFuncPtr | None:
     library = load("lstm")
     if library is None:
         return None
-    step = library.l2l_lstm_step
-    if step.argtypes is None:
-        step.argtypes, step.restype = _ARGTYPES, None
-    return step
+    function = getattr(library, name)
+    if function.argtypes is None:
+        function.argtypes, function.restype = _SIGNATURES[name]
+    return function
 
 
 def _pointers(tensors: Sequence[Tensor]) -> ctypes.Array:
@@ -44,6 +54,63 @@ def applies(grad: Tensor, flat_params: Tensor, weights: Sequence[Tensor]) -> boo
         return False
     step = _kernel()
     return step is not None and max(w.shape[1] for w in weights) <= _max_inputs()
+
+
+def layer_applies(x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Tensor) -> bool:
+    """Whether :func:`lstm_layer` can run: float32 CPU tensors, no ``torch.func``
+    transform active, the layer within the kernel's width, the kernel built here."""
+    if functorch_active():
+        return False
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in (x, h, c, weight, bias)):
+        return False
+    return _kernel("l2l_lstm_layer_forward") is not None and weight.shape[1] <= _max_inputs()
+
+
+def lstm_layer(x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """One LSTM layer, ``(h', c')``, differentiable (first order), by the C kernels: the
+    forward keeps the activated gates, the backward fuses the gate gradients with both
+    products (``W^T dG`` and ``dG [x; h; 1]^T``) per block of coordinates. The numbers of
+    :func:`l2lbench.optimizers.lstm.lstm_layer` to float rounding (``tests/test_native.py``);
+    call it where :func:`layer_applies` holds."""
+    return _Layer.apply(x, h, c, weight, bias)
+
+
+class _Layer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+        x, h, c, weight, bias = (t.contiguous() for t in (x, h, c, weight, bias))
+        (inputs, coordinates), n = x.shape, h.shape[0]
+        gates = x.new_empty((4 * n, coordinates))
+        h_new, c_new = x.new_empty((n, coordinates)), x.new_empty((n, coordinates))
+        _kernel("l2l_lstm_layer_forward")(
+            coordinates, inputs, n, *(t.data_ptr() for t in (weight, bias, x, h, c, gates, h_new, c_new)),
+            torch.get_num_threads(),
+        )
+        # As the PyTorch form: x, h, c and c' are kept by their neighbours anyway; of this
+        # step's own memory only the gate matrix.
+        ctx.save_for_backward(x, h, c, weight, gates, c_new)
+        return h_new, c_new
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dh: Tensor, dc: Tensor) -> tuple[Tensor | None, ...]:
+        x, h, c, weight, gates, c_new = ctx.saved_tensors
+        (inputs, coordinates), n = x.shape, h.shape[0]
+        need_x, need_h, need_c, need_w, need_b = ctx.needs_input_grad
+        d_x = x.new_empty(x.shape) if need_x else None
+        d_h, d_c = torch.empty_like(h), torch.empty_like(c)
+        d_wb = weight.new_empty((4 * n, inputs + n + 1))
+        failed = _kernel("l2l_lstm_layer_backward")(
+            coordinates, inputs, n, *(t.data_ptr() for t in (weight, x, h, c, gates, c_new, dh.contiguous(), dc.contiguous())),
+            None if d_x is None else d_x.data_ptr(), d_h.data_ptr(), d_c.data_ptr(), d_wb.data_ptr(),
+            torch.get_num_threads(),
+        )
+        if failed:
+            raise MemoryError("the LSTM layer's backward kernel could not allocate its scratch memory")
+        return (
+            d_x, d_h if need_h else None, d_c if need_c else None,
+            d_wb[:, :-1] if need_w else None, d_wb[:, -1] if need_b else None,
+        )
 
 
 def _max_inputs() -> int:
