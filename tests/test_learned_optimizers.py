@@ -448,12 +448,15 @@ def test_batched_seeds_like_single_runs(factory, mode, tmp_path):
 
 
 def test_mtl2l_dropout_is_the_documented_mask():
-    """Inverted dropout from the run's generator: x * (u >= rate) / (1 - rate), u ~ U(0, 1)."""
+    """Inverted dropout from the run's generator: x * (u >= rate) / (1 - rate), u from the
+    Philox stream keyed by one 63-bit draw of the generator."""
+    from l2lbench.native.dropout import philox_words
     from l2lbench.optimizers.mtl2l import _dropout
 
     x = torch.randn(64, 30, generator=torch.Generator().manual_seed(0))
     got = _dropout(x, 0.25, torch.Generator().manual_seed(3))
-    keep = torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) >= 0.25
+    seed = int(torch.randint(0, 2**63 - 1, (), generator=torch.Generator().manual_seed(3)))
+    keep = ((philox_words(x.numel(), seed) >> 8).float() * 2.0**-24 >= 0.25).view(x.shape)
     torch.testing.assert_close(got, x * keep / 0.75)
     assert 0 < int((got == 0).sum()) < x.numel()
 

@@ -129,7 +129,7 @@ def test_without_a_compiler_the_pytorch_form_runs(monkeypatch, tmp_path):
 
     monkeypatch.setattr(build, "_compiler", no_compiler)
     monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
-    build._load.cache_clear()
+    build.forget()
     try:
         with pytest.warns(build.NativeKernelWarning, match="no C compiler found"):
             assert build.load("lstm") is None
@@ -142,7 +142,7 @@ def test_without_a_compiler_the_pytorch_form_runs(monkeypatch, tmp_path):
             (step,) = _steps(opt, _gradients((30,), 1), {"w": torch.zeros(30)})
         assert torch.isfinite(step[0]).all()
     finally:
-        build._load.cache_clear()  # later tests load the real kernel again
+        build.forget()  # later tests load the real kernel again
 
 
 def test_a_failing_compiler_is_reported_with_its_message(monkeypatch, tmp_path):
@@ -209,3 +209,59 @@ def _graph_nodes(node, seen=None):
     for child, _ in node.next_functions:
         _graph_nodes(child, seen)
     return seen
+
+
+# Random123's known-answer vectors for Philox4x32-10: (counter, key) -> words.
+PHILOX_KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+needs_dropout_kernel = pytest.mark.skipif(
+    build.load("dropout") is None, reason=f"no native dropout kernel here: {build.unavailable_reason('dropout')}"
+)
+
+
+@needs_dropout_kernel
+@pytest.mark.parametrize("counter,key,expected", PHILOX_KAT)
+def test_philox_kernel_known_answers(counter, key, expected):
+    import ctypes
+
+    out = (ctypes.c_uint32 * 4)()
+    build.load("dropout").l2l_philox4x32_10((ctypes.c_uint32 * 4)(*counter), (ctypes.c_uint32 * 2)(*key), out)
+    assert tuple(out) == expected
+
+
+def test_philox_pytorch_form_known_answer():
+    from l2lbench.native.dropout import philox_words
+
+    # Counter 0, key 0: the stream's first word of each of the 4 words' runs of 16.
+    assert tuple(philox_words(64, 0)[[0, 16, 32, 48]].tolist()) == PHILOX_KAT[0][2]
+
+
+@needs_dropout_kernel
+@pytest.mark.parametrize("count", [1, 5, 63, 64, 65, 4097, 128 * 784])
+def test_dropout_kernel_equals_pytorch_form(count):
+    from l2lbench.native.dropout import dropout_mask
+
+    draw = lambda dtype: dropout_mask((count,), 0.25, torch.Generator().manual_seed(count), dtype=dtype,  # noqa: E731
+                                      device=torch.device("cpu"))
+    kernel, pytorch = draw(torch.float32), draw(torch.float64)  # float64: the PyTorch form
+    assert torch.equal(kernel > 0, pytorch > 0)
+    assert set(kernel.unique().tolist()) <= {0.0, torch.tensor(1 / 0.75).item()}
+
+
+def test_dropout_masks_keep_the_right_share_and_follow_the_generator():
+    from l2lbench.native.dropout import dropout_mask
+
+    g = torch.Generator().manual_seed(0)
+    draw = lambda rate: dropout_mask((200, 500), rate, g, dtype=torch.float32, device=torch.device("cpu"))  # noqa: E731
+    first, second = draw(0.1), draw(0.1)
+    assert not torch.equal(first, second)  # each mask draws a new key
+    for rate in (0.1, 0.25, 0.5):
+        kept = (draw(rate) > 0).float().mean().item()
+        assert abs(kept - (1 - rate)) < 0.01, (rate, kept)  # 100,000 draws: 5 sigma < 0.01
+    again = torch.Generator().manual_seed(0)
+    assert torch.equal(dropout_mask((200, 500), 0.1, again, dtype=torch.float32, device=torch.device("cpu")), first)

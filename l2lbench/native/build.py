@@ -61,24 +61,29 @@ def unavailable_reason(name: str) -> str | None:
 def status() -> dict[str, str]:
     """The kernels this process has asked for so far: ``"native"`` where one runs, else
     why the PyTorch form runs instead; for the provenance of results."""
-    attempted = {name: _load(name)[1] for name in _ATTEMPTED}
     if not enabled():
-        attempted = {name: f"{SWITCH_ENV}=0" for name in attempted}
-    return {name: reason or "native" for name, reason in attempted.items()}
+        return {name: f"{SWITCH_ENV}=0" for name in _OUTCOMES}
+    return {name: reason or "native" for name, reason in _OUTCOMES.items()}
 
 
-_ATTEMPTED: list[str] = []
+_OUTCOMES: dict[str, str | None] = {}  # name -> None (loaded) or why not
 
 
 @functools.cache
 def _load(name: str) -> tuple[ctypes.CDLL | None, str | None]:
-    _ATTEMPTED.append(name)
     try:
-        return ctypes.CDLL(str(_built(name))), None
+        library, reason = ctypes.CDLL(str(_built(name))), None
     except (OSError, subprocess.SubprocessError, RuntimeError) as error:
-        reason = f"the C kernel {name!r} is unavailable ({error}); using the slower PyTorch form"
+        library, reason = None, f"the C kernel {name!r} is unavailable ({error}); using the slower PyTorch form"
         warnings.warn(reason, NativeKernelWarning, stacklevel=3)
-        return None, reason
+    _OUTCOMES[name] = reason
+    return library, reason
+
+
+def forget() -> None:
+    """Load every kernel afresh at its next use (for tests that change the environment)."""
+    _load.cache_clear()
+    _OUTCOMES.clear()
 
 
 def _built(name: str) -> Path:

@@ -1,0 +1,70 @@
+/* Dropout masks from Philox4x32-10 (Salmon et al. 2011, "Parallel random numbers: as easy
+ * as 1, 2, 3"), a counter-based generator: element i's uniform is a pure function of the
+ * key (a 64-bit seed the caller draws from the run's generator) and i, so blocks of
+ * elements are drawn in parallel and in vectors, where the CPU's torch.Generator
+ * (mt19937) draws one number after another (3.6 ns each: 1.5 ms per MTL2L meta-training
+ * step). l2lbench/native/dropout.py computes the same numbers with PyTorch operations. */
+#include <stdint.h>
+
+#define M0 0xD2511F53u
+#define M1 0xCD9E8D57u
+#define W0 0x9E3779B9u
+#define W1 0xBB67AE85u
+
+/* Philox4x32-10 in place: x, the counter, becomes the 4 output words; (k0, k1) the key. */
+static inline void philox(uint32_t x[4], uint32_t k0, uint32_t k1)
+{
+    for (int round = 0; round < 10; round++) {
+        uint64_t p0 = (uint64_t)M0 * x[0], p1 = (uint64_t)M1 * x[2];
+        uint32_t y0 = (uint32_t)(p1 >> 32) ^ x[1] ^ k0, y2 = (uint32_t)(p0 >> 32) ^ x[3] ^ k1;
+        x[0] = y0; x[1] = (uint32_t)p1; x[2] = y2; x[3] = (uint32_t)p0;
+        k0 += W0; k1 += W1;
+    }
+}
+
+/* The raw words for counter (c0, c1, c2, c3) and key (k0, k1), for known-answer tests. */
+void l2l_philox4x32_10(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4])
+{
+    for (int w = 0; w < 4; w++) out[w] = counter[w];
+    philox(out, key[0], key[1]);
+}
+
+#define LANES 16 /* counters per pass: the rounds run lane by lane in SIMD registers */
+
+/* out[i] = scale if u_i >= rate else 0, u_i = (word >> 8) / 2^24 in steps of 2^-24, where
+ * element i = 64 c + 16 w + l takes word w of counter j = 16 c + l (low and high 32 bits of j
+ * as the counter's first two words): each of a pass's 4 words fills 16 consecutive elements,
+ * so the stores are vectors too. */
+void l2l_dropout_mask(int64_t n, uint64_t seed, float rate, float scale, float *out, int threads)
+{
+    const int64_t chunks = (n + 4 * LANES - 1) / (4 * LANES);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t chunk = 0; chunk < chunks; chunk++) {
+        uint32_t x[4][LANES], k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+        for (int l = 0; l < LANES; l++) {
+            uint64_t j = (uint64_t)(chunk * LANES + l);
+            x[0][l] = (uint32_t)j; x[1][l] = (uint32_t)(j >> 32); x[2][l] = 0; x[3][l] = 0;
+        }
+        for (int round = 0; round < 10; round++) {
+#pragma omp simd
+            for (int l = 0; l < LANES; l++) {
+                uint64_t p0 = (uint64_t)M0 * x[0][l], p1 = (uint64_t)M1 * x[2][l];
+                uint32_t y0 = (uint32_t)(p1 >> 32) ^ x[1][l] ^ k0, y2 = (uint32_t)(p0 >> 32) ^ x[3][l] ^ k1;
+                x[0][l] = y0; x[1][l] = (uint32_t)p1; x[2][l] = y2; x[3][l] = (uint32_t)p0;
+            }
+            k0 += W0; k1 += W1;
+        }
+        float *chunk_out = out + chunk * 4 * LANES;
+        const int64_t left = n - chunk * 4 * LANES;
+        for (int w = 0; w < 4; w++) {
+            if (left >= 4 * LANES) {
+#pragma omp simd
+                for (int l = 0; l < LANES; l++)
+                    chunk_out[w * LANES + l] = (float)(x[w][l] >> 8) * (1.0f / 16777216.0f) >= rate ? scale : 0.0f;
+            } else {
+                for (int l = 0; l < LANES && w * LANES + l < left; l++)
+                    chunk_out[w * LANES + l] = (float)(x[w][l] >> 8) * (1.0f / 16777216.0f) >= rate ? scale : 0.0f;
+            }
+        }
+    }
+}
