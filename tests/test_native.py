@@ -3,6 +3,7 @@ used only where they apply, and a clean fallback where they cannot be built."""
 
 from __future__ import annotations
 
+import platform
 import warnings
 
 import pytest
@@ -14,6 +15,21 @@ from l2lbench.optim.base import StepContext
 from l2lbench.optim.learned import bind_fresh, flatten_coordinates
 from l2lbench.optimizers.lstm import lstm, lstm_layer
 from l2lbench.optimizers.mtl2l import mtl2l
+
+# The kernels' vector code differs by instruction set: besides this CPU's, build them for
+# x86's AVX2 and baseline SSE2 levels, whose paths this machine would not take by itself.
+INSTRUCTION_SETS = ["native"] + (["x86-64-v3", "x86-64"] if platform.machine() == "x86_64" else [])
+
+
+@pytest.fixture(params=INSTRUCTION_SETS)
+def instruction_set(request, monkeypatch):
+    if request.param != "native":
+        monkeypatch.setenv(build.MARCH_ENV, request.param)
+    build.forget()
+    assert build.load("lstm") is not None and build.load("dropout") is not None, build.status()
+    yield request.param
+    build.forget()
+
 
 needs_kernel = pytest.mark.skipif(
     build.load("lstm") is None, reason=f"no native LSTM kernel here: {build.unavailable_reason('lstm')}"
@@ -51,7 +67,7 @@ def _both_forms(opt, grads_seq, params, monkeypatch, **kwargs):
 @pytest.mark.parametrize("coordinates", [1, 15, 64, 65, 511, 512, 513, 1100, 3000])
 @pytest.mark.parametrize("kwargs", [{}, {"head": "linear", "layers": 3, "hidden": 7}, {"layers": 1}],
                          ids=["authors", "linear-3-layers", "one-layer"])
-def test_lstm_kernel_matches_pytorch_form(coordinates, kwargs, monkeypatch):
+def test_lstm_kernel_matches_pytorch_form(coordinates, kwargs, monkeypatch, instruction_set):
     opt = bind_fresh(lstm(**kwargs), seed=3)
     params = {"w": torch.randn(coordinates, generator=torch.Generator().manual_seed(9))}
     kernel, reference = _both_forms(opt, _gradients((coordinates,), 6), params, monkeypatch)
@@ -62,7 +78,7 @@ def test_lstm_kernel_matches_pytorch_form(coordinates, kwargs, monkeypatch):
 
 
 @needs_kernel
-def test_mtl2l_kernel_matches_pytorch_form(monkeypatch):
+def test_mtl2l_kernel_matches_pytorch_form(monkeypatch, instruction_set):
     opt = bind_fresh(mtl2l(context_features=12), seed=2)
     inputs = torch.randn(8, 12, generator=torch.Generator().manual_seed(1))
     params = {"w": torch.randn(40, 17), "b": torch.zeros(40)}
@@ -74,7 +90,7 @@ def test_mtl2l_kernel_matches_pytorch_form(monkeypatch):
 
 
 @needs_kernel
-def test_non_finite_gradients_give_what_the_pytorch_form_gives(monkeypatch):
+def test_non_finite_gradients_give_what_the_pytorch_form_gives(monkeypatch, instruction_set):
     opt = bind_fresh(lstm())
     grad = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, 1e-30, -3.0] * 20)
     kernel, reference = _both_forms(opt, [{"w": grad}], {"w": torch.zeros(grad.shape)}, monkeypatch)
@@ -167,7 +183,7 @@ def test_builds_are_cached_per_source_and_cpu(monkeypatch, tmp_path):
 @needs_kernel
 @pytest.mark.parametrize("coordinates,inputs,units", [(1, 2, 20), (77, 3, 5), (513, 2, 20), (3000, 20, 1), (1100, 7, 7)])
 @pytest.mark.parametrize("input_needs_grad", [True, False])
-def test_training_layer_matches_autograd_of_the_reference(coordinates, inputs, units, input_needs_grad):
+def test_training_layer_matches_autograd_of_the_reference(coordinates, inputs, units, input_needs_grad, instruction_set):
     g = torch.Generator().manual_seed(coordinates)
     x = torch.randn(inputs, coordinates, generator=g).requires_grad_(input_needs_grad)
     h, c = (torch.randn(units, coordinates, generator=g).requires_grad_() for _ in range(2))
@@ -243,7 +259,7 @@ def test_philox_pytorch_form_known_answer():
 
 @needs_dropout_kernel
 @pytest.mark.parametrize("count", [1, 5, 63, 64, 65, 4097, 128 * 784])
-def test_dropout_kernel_equals_pytorch_form(count):
+def test_dropout_kernel_equals_pytorch_form(count, instruction_set):
     from l2lbench.native.dropout import dropout_mask
 
     draw = lambda dtype: dropout_mask((count,), 0.25, torch.Generator().manual_seed(count), dtype=dtype,  # noqa: E731

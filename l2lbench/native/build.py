@@ -1,9 +1,9 @@
 """Compiling a packaged C kernel on first use, once per machine, and loading it with ctypes.
 
 The shared library is built with ``-march=native`` for the CPU it runs on, so the cache key
-holds the source, the compiler's version and the CPU's feature flags: a cache directory
-shared by machines of different CPUs (a cluster's home directory) keeps one build per CPU
-kind. Builds write to a temporary file renamed into place, so worker processes that build
+holds the source, the compiler's version, the CPU's feature flags and the ``-march``: a
+cache directory shared by machines of different CPUs (a cluster's home directory) keeps
+one build per CPU kind. Builds write to a temporary file renamed into place, so worker processes that build
 at the same moment never load a half-written library.
 
 Nothing here raises for a missing or failing compiler: :func:`load` returns ``None``, warns
@@ -27,8 +27,11 @@ from pathlib import Path
 
 SWITCH_ENV = "L2LBENCH_NATIVE"  # "0": never build or load a kernel
 CACHE_ENV = "L2LBENCH_NATIVE_CACHE"  # where builds are kept (default: the user cache)
+# The instruction set to build for (default "native"); the tests also build the kernels
+# for older x86 CPUs (AVX2, SSE2 only) to check the code paths this machine would not take.
+MARCH_ENV = "L2LBENCH_NATIVE_MARCH"
 
-COMMON_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC")
+COMMON_FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC")
 # Tried in order: with glibc's vector maths library (libmvec), then without it (other C
 # libraries; the transcendental functions are then scalar, the kernel still fused).
 VARIANTS = ((("-DL2L_MVEC",), ("-lmvec",)), ((), ()))
@@ -90,7 +93,8 @@ def _built(name: str) -> Path:
     source = resources.files("l2lbench.native").joinpath(f"{name}.c").read_bytes()
     compiler = _compiler()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(b"\0".join([source, version.encode(), _cpu_flags().encode()])).hexdigest()[:16]
+    march = f"-march={os.environ.get(MARCH_ENV) or 'native'}"
+    key = hashlib.sha256(b"\0".join([source, version.encode(), _cpu_flags().encode(), march.encode()])).hexdigest()[:16]
     target = _cache_dir() / f"{name}-{key}.so"
     if target.exists():
         return target
@@ -101,7 +105,7 @@ def _built(name: str) -> Path:
         source_path.write_bytes(source)
         output = Path(scratch) / target.name
         for defines, libraries in VARIANTS:
-            command = [compiler, *COMMON_FLAGS, *defines, str(source_path), "-o", str(output), *libraries]
+            command = [compiler, *COMMON_FLAGS, march, *defines, str(source_path), "-o", str(output), *libraries]
             done = subprocess.run(command, capture_output=True, text=True, timeout=300)
             if done.returncode == 0:
                 os.replace(output, target)
