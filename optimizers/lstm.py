@@ -28,10 +28,11 @@ Speed: the step is dominated by the first layer's 80 x 22 gate matrix per coordi
 each form of a layer writes it once and works on it in place. :func:`lstm_layer` is the
 straightforward reference; :func:`lstm_layer_inplace` serves meta-test (autograd off) and
 :func:`lstm_layer_fused` meta-training (a hand-written backward). Both equal the
-reference to float rounding (``tests/test_learned_optimizers.py``). On a CPU, meta-test
-runs the C kernel of :mod:`l2lbench.native.lstm` before either: the whole step in one pass
-over the coordinates, the gates never written to memory (the in-place form then serves
-CUDA, float64, and machines where the kernel cannot be built). With several seeds the
+reference to float rounding (``tests/test_learned_optimizers.py``). On a CPU the C kernels
+of :mod:`l2lbench.native.lstm` come first: at meta-test the whole step in one pass over
+the coordinates, the gates never written to memory; in meta-training each layer's forward
+and backward fused per block of coordinates. The PyTorch forms serve CUDA, float64, and
+machines where the kernels cannot be built. With several seeds the
 runner hands ``update`` the seeds' coordinates side by side, a few seeds at a time
 (``context_free``, ``max_coordinates``; see :mod:`l2lbench.training`).
 """
@@ -46,8 +47,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from l2lbench.optim.base import Params, StepContext
 from l2lbench.native import lstm as native
+from l2lbench.optim.base import Params, StepContext
 from l2lbench.optim.learned import (
     LearnedOptimizer,
     flatten_coordinates,

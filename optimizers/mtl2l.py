@@ -59,9 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from l2lbench.optim.base import Params, StepContext
 from l2lbench.native import lstm as native
 from l2lbench.native.dropout import dropout_mask
+from l2lbench.optim.base import Params, StepContext
 from l2lbench.optim.learned import (
     LearnedOptimizer,
     flatten_coordinates,
