@@ -39,6 +39,7 @@ import torch
 from .errors import L2LBenchError, PluginError, UsageError
 from .learned.cache import build_for_meta_test, ensure_meta_trained
 from .learner import FunctionalLearner
+from .native.build import start_recording as start_native_recording
 from .native.build import status as native_status
 from .optim.base import capability
 from .optim.registry import OptimizerRegistry, ResolvedOptimizer
@@ -348,6 +349,7 @@ def execute_job(
     info = provenance(device)
     if job.failure is not None:
         return [_failed(job, seed, job.failure, info) for seed in job.seeds]
+    start_native_recording()  # the records name the C kernels this job's runs asked for
     if run_timeout is not None:
         info["run_timeout_s"] = run_timeout
         _warm_up()
@@ -533,7 +535,7 @@ def _base(job: RunJob, seed: int, info: dict) -> dict:
 
 
 def _record(job: RunJob, outcome: SeedOutcome, wall_time: float, info: dict) -> RunRecord:
-    kernels = native_status()  # asked for while this run trained, or earlier in this process
+    kernels = native_status()
     return RunRecord(
         **_base(job, outcome.seed, {**info, "native_kernels": kernels} if kernels else info),
         status="diverged" if outcome.diverged_step is not None else "ok",

@@ -281,3 +281,12 @@ def test_dropout_masks_keep_the_right_share_and_follow_the_generator():
         assert abs(kept - (1 - rate)) < 0.01, (rate, kept)  # 100,000 draws: 5 sigma < 0.01
     again = torch.Generator().manual_seed(0)
     assert torch.equal(dropout_mask((200, 500), 0.1, again, dtype=torch.float32, device=torch.device("cpu")), first)
+
+
+def test_status_names_the_kernels_asked_for_since_recording_started():
+    build.start_recording()
+    assert build.status() == {}
+    opt, params = bind_fresh(lstm()), {"w": torch.zeros(8)}
+    _steps(opt, _gradients((8,), 1), params)
+    expected = "native" if build.load("lstm") is not None else build.unavailable_reason("lstm")
+    assert build.status() == {"lstm": expected}

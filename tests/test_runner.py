@@ -130,3 +130,18 @@ def test_unavailable_device_is_a_usage_error():
         resolve_device("cuda")
     with pytest.raises(UsageError, match="invalid device 'tpu'"):
         resolve_device("tpu")
+
+
+def test_records_name_only_the_c_kernels_their_job_asked_for(setup):
+    """A worker that ran the LSTM optimiser before does not credit its kernel to SGD."""
+    from l2lbench.native import build
+    from l2lbench.optim.base import StepContext
+    from l2lbench.optim.learned import bind_fresh
+    from l2lbench.optimizers.lstm import lstm
+
+    opt, params = bind_fresh(lstm()), {"w": torch.zeros(8)}
+    with torch.no_grad():
+        opt.update({"w": torch.ones(8)}, opt.init(params), params, StepContext(0))
+    assert "lstm" in build.status()
+    task, registry, data_dir = setup
+    assert all("native_kernels" not in r.provenance for r in _run(task, registry, data_dir, "sgd"))

@@ -48,6 +48,7 @@ def enabled() -> bool:
 def load(name: str) -> ctypes.CDLL | None:
     """The kernel ``l2lbench/native/<name>.c`` as a loaded library, or ``None`` (see
     :func:`unavailable_reason`) when it is switched off or cannot be built here."""
+    _ASKED.add(name)
     if not enabled():
         return None
     library, _ = _load(name)
@@ -62,14 +63,20 @@ def unavailable_reason(name: str) -> str | None:
 
 
 def status() -> dict[str, str]:
-    """The kernels this process has asked for so far: ``"native"`` where one runs, else
-    why the PyTorch form runs instead; for the provenance of results."""
+    """The kernels asked for since :func:`start_recording` (or since the process started):
+    ``"native"`` where one runs, else why the PyTorch form runs instead; for the
+    provenance of results."""
     if not enabled():
-        return {name: f"{SWITCH_ENV}=0" for name in _OUTCOMES}
-    return {name: reason or "native" for name, reason in _OUTCOMES.items()}
+        return {name: f"{SWITCH_ENV}=0" for name in sorted(_ASKED)}
+    return {name: _load(name)[1] or "native" for name in sorted(_ASKED)}
 
 
-_OUTCOMES: dict[str, str | None] = {}  # name -> None (loaded) or why not
+def start_recording() -> None:
+    """Start :func:`status` afresh, e.g. for one run in a worker that ran others before."""
+    _ASKED.clear()
+
+
+_ASKED: set[str] = set()
 
 
 @functools.cache
@@ -79,14 +86,13 @@ def _load(name: str) -> tuple[ctypes.CDLL | None, str | None]:
     except (OSError, subprocess.SubprocessError, RuntimeError) as error:
         library, reason = None, f"the C kernel {name!r} is unavailable ({error}); using the slower PyTorch form"
         warnings.warn(reason, NativeKernelWarning, stacklevel=3)
-    _OUTCOMES[name] = reason
     return library, reason
 
 
 def forget() -> None:
     """Load every kernel afresh at its next use (for tests that change the environment)."""
     _load.cache_clear()
-    _OUTCOMES.clear()
+    _ASKED.clear()
 
 
 def _built(name: str) -> Path:
