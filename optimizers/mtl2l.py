@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2lbench.native import lstm as native
-from l2lbench.native.dropout import dropout_mask
+from l2lbench.native.dropout import dropout as philox_dropout
 from l2lbench.optim.base import Params, StepContext
 from l2lbench.optim.learned import (
     LearnedOptimizer,
@@ -103,7 +103,7 @@ def _dropout(x: Tensor, rate: float, generator: torch.Generator | None) -> Tenso
     # that generator: the same mask on every device, 3x faster than torch.rand on a CPU.
     if generator is None or rate == 0.0:
         return x
-    return x * dropout_mask(x.shape, rate, generator, dtype=x.dtype, device=x.device)
+    return philox_dropout(x, rate, generator)
 
 
 class MTL2LMeta(nn.Module):
@@ -231,7 +231,7 @@ class MTL2L(LearnedOptimizer):
         if module.training or torch.is_grad_enabled():
             rates = self.dropout if module.training else (0.0, 0.0, 0.0)
             raw = [module.hyper[name](x, rates, generator) for name in FAMILIES]
-            return tuple(m * prev + (1 - m) * value for prev, value in zip(previous, raw))
+            return tuple(torch.lerp(value, prev, m) for prev, value in zip(previous, raw))  # m prev + (1 - m) value
         # Meta-test: the 4 outputs as one vector, smoothed in one operation.
         raw_all = self._hypernetworks_without_dropout(x)
         smoothed = raw_all if m == 0 else torch.lerp(raw_all, torch.cat(previous), m)  # m prev + (1 - m) raw

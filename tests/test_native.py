@@ -290,3 +290,19 @@ def test_status_names_the_kernels_asked_for_since_recording_started():
     _steps(opt, _gradients((8,), 1), params)
     expected = "native" if build.load("lstm") is not None else build.unavailable_reason("lstm")
     assert build.status() == {"lstm": expected}
+
+
+@needs_dropout_kernel
+@pytest.mark.parametrize("count", [1, 63, 65, 128 * 784])
+def test_dropout_applied_in_the_kernel_equals_mask_times_input(count, instruction_set):
+    from l2lbench.native.dropout import dropout, dropout_mask
+
+    x = torch.randn(count, generator=torch.Generator().manual_seed(count))
+    x[0] = float("nan")  # NaN * 0 is NaN in both
+    fused = dropout(x, 0.1, torch.Generator().manual_seed(7))
+    masked = x * dropout_mask(x.shape, 0.1, torch.Generator().manual_seed(7), dtype=torch.float32, device=torch.device("cpu"))
+    torch.testing.assert_close(fused, masked, rtol=0, atol=0, equal_nan=True)
+    needs_grad = x.clone().requires_grad_()  # the autograd path: mask times input
+    out = dropout(needs_grad, 0.1, torch.Generator().manual_seed(7))
+    assert out.grad_fn is not None
+    torch.testing.assert_close(out.detach(), masked, rtol=0, atol=0, equal_nan=True)

@@ -69,32 +69,39 @@ static inline void rounds(uint64_t x[4][LANES], uint64_t k0, uint64_t k1)
 }
 #endif
 
-/* out[i] = scale if u_i >= rate else 0, u_i = (word >> 8) / 2^24 in steps of 2^-24, where
- * element i = 64 c + 16 w + l takes word w of counter j = 16 c + l (low and high 32 bits of j
- * as the counter's first two words): each of a pass's 4 words fills 16 consecutive elements,
- * so the stores are vectors too. */
-void l2l_dropout_mask(int64_t n, uint64_t seed, float rate, float scale, float *out, int threads)
+/* out[i] = m_i * x[i] (or m_i where x is NULL), m_i = scale if u_i >= rate else 0, with
+ * u_i = (word >> 8) / 2^24 in steps of 2^-24, where element i = 64 c + 16 w + l takes word
+ * w of counter j = 16 c + l (low and high 32 bits of j as the counter's first two words):
+ * each of a pass's 4 words fills 16 consecutive elements, so the stores are vectors too.
+ * Applying the mask here saves the input dropout a mask tensor and a pass over it; the
+ * product is the one PyTorch forms (NaN * 0 stays NaN). */
+static inline float masked(const float *x, int64_t i, uint64_t word, float rate, float scale)
+{
+    const float m = (float)(int32_t)(word >> 8) * (1.0f / 16777216.0f) >= rate ? scale : 0.0f;
+    return x ? x[i] * m : m;
+}
+
+void l2l_dropout(int64_t n, uint64_t seed, float rate, float scale, const float *x, float *out, int threads)
 {
     const int64_t chunks = (n + 4 * LANES - 1) / (4 * LANES);
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t chunk = 0; chunk < chunks; chunk++) {
         /* 32-bit words in 64-bit lanes, as the vector 32 x 32 -> 64-bit multiply takes them */
-        uint64_t x[4][LANES], k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+        uint64_t words[4][LANES], k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
         for (int l = 0; l < LANES; l++) {
             uint64_t j = (uint64_t)(chunk * LANES + l);
-            x[0][l] = j & 0xFFFFFFFFu; x[1][l] = j >> 32; x[2][l] = 0; x[3][l] = 0;
+            words[0][l] = j & 0xFFFFFFFFu; words[1][l] = j >> 32; words[2][l] = 0; words[3][l] = 0;
         }
-        rounds(x, k0, k1);
-        float *chunk_out = out + chunk * 4 * LANES;
-        const int64_t left = n - chunk * 4 * LANES;
+        rounds(words, k0, k1);
+        const int64_t first = chunk * 4 * LANES, left = n - first;
         for (int w = 0; w < 4; w++) {
             if (left >= 4 * LANES) {
 #pragma omp simd
                 for (int l = 0; l < LANES; l++)
-                    chunk_out[w * LANES + l] = (float)(int32_t)(x[w][l] >> 8) * (1.0f / 16777216.0f) >= rate ? scale : 0.0f;
+                    out[first + w * LANES + l] = masked(x, first + w * LANES + l, words[w][l], rate, scale);
             } else {
                 for (int l = 0; l < LANES && w * LANES + l < left; l++)
-                    chunk_out[w * LANES + l] = (float)(int32_t)(x[w][l] >> 8) * (1.0f / 16777216.0f) >= rate ? scale : 0.0f;
+                    out[first + w * LANES + l] = masked(x, first + w * LANES + l, words[w][l], rate, scale);
             }
         }
     }

@@ -20,21 +20,37 @@ _WEYL = (0x9E3779B9, 0xBB67AE85)
 _LANES = 16  # counters per pass of the kernel; fixes which word lands on which element
 
 
+def dropout(x: Tensor, rate: float, generator: torch.Generator) -> Tensor:
+    """``x * dropout_mask(x.shape, ...)``, in one pass where the kernel can do it (``x`` a
+    float32 CPU tensor that needs no gradient, such as a batch of inputs): the same mask,
+    from the same single draw of ``generator``, and the same products."""
+    if x.requires_grad or x.device.type != "cpu" or x.dtype != torch.float32 or _kernel() is None:
+        return x * dropout_mask(x.shape, rate, generator, dtype=x.dtype, device=x.device)
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    _kernel()(x.numel(), _seed(generator), rate, 1.0 / (1.0 - rate), x.data_ptr(), out.data_ptr(), torch.get_num_threads())
+    return out
+
+
 def dropout_mask(shape: torch.Size | tuple[int, ...], rate: float, generator: torch.Generator, *,
                  dtype: torch.dtype, device: torch.device) -> Tensor:
     """``(u >= rate) / (1 - rate)`` with ``u`` uniform on [0, 1) in steps of 2^-24: word i
     of the Philox stream shifted right by 8 bits, the stream keyed by a seed drawn from
     ``generator`` (one draw per mask, whatever its size)."""
-    seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=generator.device))
+    seed = _seed(generator)
     scale = 1.0 / (1.0 - rate)
     numel = torch.Size(shape).numel()
     kernel = _kernel() if device.type == "cpu" and dtype == torch.float32 else None
     if kernel is not None:
         mask = torch.empty(shape)
-        kernel(numel, seed, rate, scale, mask.data_ptr(), torch.get_num_threads())
+        kernel(numel, seed, rate, scale, None, mask.data_ptr(), torch.get_num_threads())
         return mask
     uniform = (philox_words(numel, seed, device) >> 8).to(torch.float32) * 2.0**-24
     return (uniform >= rate).to(dtype).mul_(scale).view(shape)
+
+
+def _seed(generator: torch.Generator) -> int:
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=generator.device))
 
 
 def philox_words(count: int, seed: int, device: torch.device | str = "cpu") -> Tensor:
@@ -66,8 +82,9 @@ def _kernel() -> ctypes._CFuncPtr | None:
     library = load("dropout")
     if library is None:
         return None
-    function = library.l2l_dropout_mask
+    function = library.l2l_dropout
     if function.argtypes is None:
-        function.argtypes = [ctypes.c_int64, ctypes.c_uint64, ctypes.c_float, ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
+        function.argtypes = [ctypes.c_int64, ctypes.c_uint64, ctypes.c_float, ctypes.c_float, ctypes.c_void_p,
+                             ctypes.c_void_p, ctypes.c_int]
         function.restype = None
     return function
