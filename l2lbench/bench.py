@@ -49,6 +49,7 @@ from .hashing import derive_seed
 from .learned.spec import MetaTrainingSpec
 from .learned.train import meta_train
 from .learner import FunctionalLearner
+from .native.build import start_recording as start_native_recording
 from .native.build import status as native_status
 from .optim.learned import bind_fresh, is_learned
 from .provenance import provenance
@@ -353,6 +354,7 @@ def run_bench(
     bound = {name: bind_fresh(opt) for name, opt in optimizers.items()}
     learned = [name for name, opt in optimizers.items() if is_learned(opt)]
     probe = MemoryProbe()
+    start_native_recording()  # the report names the C kernels this benchmark asked for
 
     log(f"warming up on {timed.name} ...")
     warm = timing_task(task, min(spec.steps, 5))

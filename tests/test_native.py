@@ -143,6 +143,8 @@ def test_without_a_compiler_the_pytorch_form_runs(monkeypatch, tmp_path):
     def no_compiler() -> str:
         raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
 
+    monkeypatch.delenv(build.SWITCH_ENV, raising=False)
+
     monkeypatch.setattr(build, "_compiler", no_compiler)
     monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
     build.forget()
@@ -289,7 +291,7 @@ def test_status_names_the_kernels_asked_for_since_recording_started():
     opt, params = bind_fresh(lstm()), {"w": torch.zeros(8)}
     _steps(opt, _gradients((8,), 1), params)
     expected = "native" if build.load("lstm") is not None else build.unavailable_reason("lstm")
-    assert build.status() == {"lstm": expected}
+    assert build.status() == {"lstm": expected} and ("PyTorch form" in expected or expected == "native")
 
 
 @needs_dropout_kernel

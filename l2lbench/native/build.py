@@ -37,6 +37,9 @@ COMMON_FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-sh
 VARIANTS = ((("-DL2L_MVEC",), ("-lmvec",)), ((), ()))
 
 
+_SWITCHED_OFF = f"switched off by {SWITCH_ENV}=0; using the PyTorch form"
+
+
 class NativeKernelWarning(RuntimeWarning):
     """A C kernel could not be built or loaded; the slower PyTorch form runs instead."""
 
@@ -58,7 +61,7 @@ def load(name: str) -> ctypes.CDLL | None:
 def unavailable_reason(name: str) -> str | None:
     """Why :func:`load` gives ``None`` for ``name``, or ``None`` when the kernel loads."""
     if not enabled():
-        return f"{SWITCH_ENV}=0"
+        return _SWITCHED_OFF
     return _load(name)[1]
 
 
@@ -67,7 +70,7 @@ def status() -> dict[str, str]:
     ``"native"`` where one runs, else why the PyTorch form runs instead; for the
     provenance of results."""
     if not enabled():
-        return {name: f"{SWITCH_ENV}=0" for name in sorted(_ASKED)}
+        return {name: _SWITCHED_OFF for name in sorted(_ASKED)}
     return {name: _load(name)[1] or "native" for name in sorted(_ASKED)}
 
 
