@@ -24,11 +24,12 @@ def dropout(x: Tensor, rate: float, generator: torch.Generator) -> Tensor:
     """``x * dropout_mask(x.shape, ...)``, in one pass where the kernel can do it (``x`` a
     float32 CPU tensor that needs no gradient, such as a batch of inputs): the same mask,
     from the same single draw of ``generator``, and the same products."""
-    if x.requires_grad or x.device.type != "cpu" or x.dtype != torch.float32 or _kernel() is None:
+    kernel = None if x.requires_grad or x.device.type != "cpu" or x.dtype != torch.float32 else _kernel()
+    if kernel is None:
         return x * dropout_mask(x.shape, rate, generator, dtype=x.dtype, device=x.device)
     x = x.contiguous()
     out = torch.empty_like(x)
-    _kernel()(x.numel(), _seed(generator), rate, 1.0 / (1.0 - rate), x.data_ptr(), out.data_ptr(), torch.get_num_threads())
+    kernel(x.numel(), _seed(generator), rate, 1.0 / (1.0 - rate), x.data_ptr(), out.data_ptr(), torch.get_num_threads())
     return out
 
 
