@@ -27,15 +27,24 @@ float tanhf(float);
 float logf(float);
 #endif
 
+/* Register tiles: VECS vectors of coordinates per gate in the forward; in the backward,
+ * JB input rows x VECS vectors (W^T dG) and RB gate rows x 4 input rows (dG [x; h; 1]^T),
+ * each sized to the vector registers at hand (32 with AVX-512, 16 below). */
 #if defined(__AVX512F__)
 #define LANES 16
 #define VECS 4 /* 4 gates x 4 vectors of accumulators + 4 of inputs: 24 of 32 registers */
+#define JB 5   /* 20 accumulators + 4 gradient vectors + a weight */
+#define RB 5   /* 20 accumulators + 5 + 4 operands */
 #elif defined(__AVX__)
 #define LANES 8
 #define VECS 2 /* 16 registers: 8 accumulators + 2 inputs */
+#define JB 4
+#define RB 2
 #else
 #define LANES 4
 #define VECS 2
+#define JB 4
+#define RB 2
 #endif
 #define TILE (VECS * LANES)
 #define L2L_MAX_INPUTS 1024 /* a layer's inputs + units; the caller checks it */
@@ -218,22 +227,22 @@ void l2l_lstm_layer_forward(
 }
 
 /* W^T dG over a block: the gradients of the layer's input rows j0..width-1 (x's, then h's),
- * four rows at a time per tile, so that each gate gradient loaded serves 4 x VECS FMAs. */
+ * JB rows at a time per tile, so that each gate gradient loaded serves JB x VECS FMAs. */
 static void input_gradients(const float *weight, const float *dG, int64_t width, int64_t R, int64_t j0,
     int64_t inputs, float *d_x, float *d_h, int64_t N, int64_t k0, int len)
 {
-    for (int64_t j = j0; j < width; j += 4) {
-        const int jn = width - j < 4 ? (int)(width - j) : 4;
-        float *out[4];
+    for (int64_t j = j0; j < width; j += JB) {
+        const int jn = width - j < JB ? (int)(width - j) : JB;
+        float *out[JB];
         for (int q = 0; q < jn; q++) out[q] = (j + q < inputs ? d_x + (j + q) * N : d_h + (j + q - inputs) * N) + k0;
         int t0 = 0;
         for (; t0 + TILE <= len; t0 += TILE) {
-            vec s[4][VECS];
-            for (int q = 0; q < 4; q++) for (int v = 0; v < VECS; v++) s[q][v] = (vec){0};
+            vec s[JB][VECS];
+            for (int q = 0; q < JB; q++) for (int v = 0; v < VECS; v++) s[q][v] = (vec){0};
             for (int64_t r = 0; r < R; r++) {
                 vec g[VECS];
                 for (int v = 0; v < VECS; v++) g[v] = load(dG + r * BLOCK + t0 + v * LANES);
-                for (int q = 0; q < 4; q++) {
+                for (int q = 0; q < JB; q++) {
                     const float w = q < jn ? weight[r * width + j + q] : 0.0f;
                     for (int v = 0; v < VECS; v++) s[q][v] += w * g[v];
                 }
@@ -249,22 +258,22 @@ static void input_gradients(const float *weight, const float *dG, int64_t width,
     }
 }
 
-/* dG [x; h; 1]^T over a block, added lane-wise into the thread's partial sums: 4 gate rows
+/* dG [x; h; 1]^T over a block, added lane-wise into the thread's partial sums: RB gate rows
  * by 4 input rows of accumulators in registers for the whole block, then one addition each. */
 static void weight_gradients(const float *dG, const float *const *rows, int64_t cols, int64_t R, vec *acc, int len)
 {
     const int full = len / LANES * LANES;
-    for (int64_t r = 0; r < R; r += 4) {
-        const int rn = R - r < 4 ? (int)(R - r) : 4;
+    for (int64_t r = 0; r < R; r += RB) {
+        const int rn = R - r < RB ? (int)(R - r) : RB;
         for (int64_t j = 0; j < cols; j += 4) {
             const int jn = cols - j < 4 ? (int)(cols - j) : 4;
-            vec s[4][4];
-            for (int a = 0; a < 4; a++) for (int q = 0; q < 4; q++) s[a][q] = (vec){0};
+            vec s[RB][4];
+            for (int a = 0; a < RB; a++) for (int q = 0; q < 4; q++) s[a][q] = (vec){0};
             for (int t = 0; t < full; t += LANES) {
-                vec g[4], in[4];
-                for (int a = 0; a < 4; a++) g[a] = a < rn ? load(dG + (r + a) * BLOCK + t) : (vec){0};
+                vec g[RB], in[4];
+                for (int a = 0; a < RB; a++) g[a] = a < rn ? load(dG + (r + a) * BLOCK + t) : (vec){0};
                 for (int q = 0; q < 4; q++) in[q] = q < jn ? load(rows[j + q] + t) : (vec){0};
-                for (int a = 0; a < 4; a++) for (int q = 0; q < 4; q++) s[a][q] += g[a] * in[q];
+                for (int a = 0; a < RB; a++) for (int q = 0; q < 4; q++) s[a][q] += g[a] * in[q];
             }
             for (int a = 0; a < rn; a++)
                 for (int q = 0; q < jn; q++) {
