@@ -118,11 +118,47 @@ typedef struct {
  * time. The block's input rows stay in L2 while the units sweep them again. */
 #define BLOCK 512
 
+/* One layer over a block [k0, k0 + len): for each unit, tile by tile, its four gates in
+ * registers, then the new cell and hidden state, and (gates_out not NULL: meta-training)
+ * the activated gates the backward needs. Row j of the layer's input is x + j * x_stride
+ * (x already at the block's first coordinate); every other array is (rows, N) from 0. */
+static inline __attribute__((always_inline)) void layer_block(
+    int64_t N, int64_t inputs, int64_t n, const float *weight, const float *bias, const float *x, int64_t x_stride,
+    const float *h, const float *c, float *gates_out, float *h_out, float *c_out, int64_t k0, int len)
+{
+    const float *rows[L2L_MAX_INPUTS];
+    float gates[4][TILE];
+    for (int64_t u = 0; u < n; u++) {
+        for (int t0 = 0; t0 < len; t0 += TILE) {
+            const int m = len - t0 < TILE ? len - t0 : TILE;
+            const int64_t at = k0 + t0;
+            for (int64_t j = 0; j < inputs; j++) rows[j] = x + j * x_stride + t0;
+            for (int64_t j = 0; j < n; j++) rows[inputs + j] = h + j * N + at;
+            if (m == TILE) /* constant length: the loops unroll into registers */
+                gates_full_tile(rows, inputs + n, weight, bias, n, u, gates);
+            else
+                gates_partial_tile(rows, inputs + n, weight, bias, n, u, m, gates);
+            const float *c_prev = c + u * N + at;
+            float *c_new = c_out + u * N + at, *h_new = h_out + u * N + at;
+            float *act[4] = {NULL, NULL, NULL, NULL}; /* rows u of the i, f, a, o blocks */
+            if (gates_out)
+                for (int q = 0; q < 4; q++) act[q] = gates_out + (q * n + u) * N + at;
+#pragma omp simd
+            for (int t = 0; t < m; t++) {
+                float i = sigmoid(gates[0][t]), f = sigmoid(gates[1][t]), a = tanhf(gates[2][t]);
+                float o = sigmoid(gates[3][t]), cell = f * c_prev[t] + i * a;
+                if (gates_out) { act[0][t] = i; act[1][t] = f; act[2][t] = a; act[3][t] = o; }
+                c_new[t] = cell;
+                h_new[t] = o * tanhf(cell);
+            }
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) void block_step(const step_args *a, int64_t k0, int len)
 {
     const int64_t N = a->coordinates;
-    float features[2][BLOCK], gates[4][TILE];
-    const float *rows[L2L_MAX_INPUTS];
+    float features[2][BLOCK];
     /* preprocess_rows: log(max(|g|, e^-p)) / p and clamp(e^p g, -1, 1); NaN stays NaN */
 #pragma omp simd
     for (int t = 0; t < len; t++) {
@@ -131,27 +167,10 @@ static inline __attribute__((always_inline)) void block_step(const step_args *a,
         features[1][t] = s > 1.0f ? 1.0f : (s < -1.0f ? -1.0f : s);
     }
     for (int l = 0; l < a->layers; l++) {
-        int64_t n = a->units[l], inputs = l == 0 ? 2 : a->units[l - 1];
-        for (int64_t u = 0; u < n; u++) {
-            for (int t0 = 0; t0 < len; t0 += TILE) {
-                int m = len - t0 < TILE ? len - t0 : TILE;
-                for (int64_t j = 0; j < inputs; j++)
-                    rows[j] = (l == 0 ? features[j] + t0 : a->h_out[l - 1] + j * N + k0 + t0);
-                for (int64_t j = 0; j < n; j++) rows[inputs + j] = a->h_in[l] + j * N + k0 + t0;
-                if (m == TILE) /* constant length: the loops unroll into registers */
-                    gates_full_tile(rows, inputs + n, a->weights[l], a->biases[l], n, u, gates);
-                else
-                    gates_partial_tile(rows, inputs + n, a->weights[l], a->biases[l], n, u, m, gates);
-                const float *c_prev = a->c_in[l] + u * N + k0 + t0;
-                float *c = a->c_out[l] + u * N + k0 + t0, *h = a->h_out[l] + u * N + k0 + t0;
-#pragma omp simd
-                for (int t = 0; t < m; t++) {
-                    float c_new = sigmoid(gates[1][t]) * c_prev[t] + sigmoid(gates[0][t]) * tanhf(gates[2][t]);
-                    c[t] = c_new;
-                    h[t] = sigmoid(gates[3][t]) * tanhf(c_new);
-                }
-            }
-        }
+        const int64_t inputs = l == 0 ? 2 : a->units[l - 1];
+        layer_block(N, inputs, a->units[l], a->weights[l], a->biases[l],
+                    l == 0 ? features[0] : a->h_out[l - 1] + k0, l == 0 ? BLOCK : N,
+                    a->h_in[l], a->c_in[l], NULL, a->h_out[l], a->c_out[l], k0, len);
     }
     const int64_t n = a->units[a->layers - 1];
     const float *h = a->h_out[a->layers - 1] + k0;
@@ -197,32 +216,8 @@ void l2l_lstm_layer_forward(
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t k = 0; k < blocks; k++) {
         const int64_t k0 = k * BLOCK;
-        const int len = N - k0 < BLOCK ? (int)(N - k0) : BLOCK;
-        const float *rows[L2L_MAX_INPUTS];
-        float gates[4][TILE];
-        for (int64_t u = 0; u < n; u++) {
-            for (int t0 = 0; t0 < len; t0 += TILE) {
-                const int m = len - t0 < TILE ? len - t0 : TILE;
-                const int64_t at = k0 + t0;
-                for (int64_t j = 0; j < inputs; j++) rows[j] = x + j * N + at;
-                for (int64_t j = 0; j < n; j++) rows[inputs + j] = h + j * N + at;
-                if (m == TILE)
-                    gates_full_tile(rows, inputs + n, weight, bias, n, u, gates);
-                else
-                    gates_partial_tile(rows, inputs + n, weight, bias, n, u, m, gates);
-                float *gi = gates_out + u * N + at, *gf = gi + n * N, *ga = gf + n * N, *go = ga + n * N;
-                const float *c_prev = c + u * N + at;
-                float *c_new = c_out + u * N + at, *h_new = h_out + u * N + at;
-#pragma omp simd
-                for (int t = 0; t < m; t++) {
-                    float i = sigmoid(gates[0][t]), f = sigmoid(gates[1][t]), a = tanhf(gates[2][t]);
-                    float o = sigmoid(gates[3][t]), cell = f * c_prev[t] + i * a;
-                    gi[t] = i; gf[t] = f; ga[t] = a; go[t] = o;
-                    c_new[t] = cell;
-                    h_new[t] = o * tanhf(cell);
-                }
-            }
-        }
+        layer_block(N, inputs, n, weight, bias, x + k0, N, h, c, gates_out, h_out, c_out, k0,
+                    N - k0 < BLOCK ? (int)(N - k0) : BLOCK);
     }
 }
 
