@@ -108,7 +108,7 @@ def _built(name: str) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    errors = []
+    error = ""
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         source_path = Path(scratch) / f"{name}.c"
         source_path.write_bytes(source)
@@ -119,9 +119,9 @@ def _built(name: str) -> Path:
             if done.returncode == 0:
                 os.replace(output, target)
                 return target
-            lines = done.stderr.strip().splitlines()
-            errors.append(next((line for line in lines if "error" in line), lines[-1] if lines else f"exit {done.returncode}"))
-    raise RuntimeError(f"{compiler} failed: {errors[-1]}")
+            lines = done.stderr.strip().splitlines()  # the last variant's first error is reported
+            error = next((line for line in lines if "error" in line), lines[-1] if lines else f"exit {done.returncode}")
+    raise RuntimeError(f"{compiler} failed: {error}")
 
 
 def _compiler() -> str:
