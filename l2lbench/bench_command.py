@@ -87,7 +87,6 @@ def run(args: argparse.Namespace, *, registry: Any = None) -> int:
     import torch
 
     from .bench import BenchSpec, format_text, run_bench
-    from .optim.registry import OptimizerRegistry
     from .runner import resolve_device
     from .tasks.datasets import default_data_dir
     from .training import keep_freed_memory
@@ -97,9 +96,9 @@ def run(args: argparse.Namespace, *, registry: Any = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if registry is None:
-        registry = OptimizerRegistry.default(getattr(args, "plugin", []) or [])
-        for problem in registry.problems:
-            print(f"l2lbench: warning: {problem}", file=sys.stderr)
+        from .cli import registry_for
+
+        registry = registry_for(getattr(args, "plugin", []) or [])
     optimizers = {name: registry.resolve(name).build() for name in args.optimizers}
     task = resolve_task(args.task, data_dir)
     spec = BenchSpec(task=task, steps=args.steps, seeds=tuple(args.seeds), repeats=args.repeats,

@@ -81,10 +81,14 @@ def _data_dir(value: str | None) -> Path:
     return Path(value).expanduser() if value else default_data_dir()
 
 
-def _registry(plugins: list[str]):
+def registry_for(plugins: list[str]):
+    """The optimiser registry with the ``--plugin`` modules: one that cannot be used stops
+    the command (exit 2) before anything runs; unused entry points only warn."""
     from .optim.registry import OptimizerRegistry
 
     registry = OptimizerRegistry.default(plugins)
+    for note in registry.notes:
+        print(f"l2lbench: note: {note}", file=sys.stderr)
     for problem in registry.problems:
         print(f"l2lbench: warning: {problem}", file=sys.stderr)
     return registry
@@ -93,15 +97,22 @@ def _registry(plugins: list[str]):
 def cmd_run(args: argparse.Namespace) -> int:
     from . import run_command
 
-    return run_command.run(args, registry=_registry(args.plugin), data_dir=_data_dir(args.data_dir))
+    return run_command.run(args, registry=registry_for(args.plugin), data_dir=_data_dir(args.data_dir))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from .suite import builtin_suites, load_suite
 
     if args.what == "optimizers":
-        registry = _registry(args.plugin)
-        rows = [{"name": e.name, "source": e.source, "description": e.description} for e in registry.entries()]
+        registry = registry_for(args.plugin)
+        rows = []
+        for entry in registry.entries():
+            try:
+                description = entry.description  # imports an entry point's module
+            except L2LBenchError as exc:  # an installed package nobody asked for: a warning
+                print(f"l2lbench: warning: {exc}", file=sys.stderr)
+                description = "(cannot be imported: see the warning)"
+            rows.append({"name": entry.name, "source": entry.source, "description": description})
     elif args.what == "suites":
         rows = []
         for name in builtin_suites():
@@ -138,7 +149,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_meta_train(args: argparse.Namespace) -> int:
     from .learned import command
 
-    return command.run(args, registry=_registry(args.plugin), data_dir=_data_dir(args.data_dir))
+    return command.run(args, registry=registry_for(args.plugin), data_dir=_data_dir(args.data_dir))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -150,7 +161,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench_command
 
-    return bench_command.run(args, registry=_registry(args.plugin))
+    return bench_command.run(args, registry=registry_for(args.plugin))
 
 
 COMMANDS = {"bench": cmd_bench, "run": cmd_run, "list": cmd_list, "data": cmd_data, "meta-train": cmd_meta_train, "report": cmd_report}

@@ -115,9 +115,22 @@ def _dask_client(address: str | None) -> Any:
         raise UsageError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
 
 
-@functools.lru_cache(maxsize=8)
 def worker_registry(plugins: tuple[str, ...]) -> Any:
-    """The optimiser registry of a worker process (built once per set of plug-ins)."""
+    """The optimiser registry of a worker process (built once per set of plug-ins and
+    their files' versions: a reused worker never runs a plug-in file's older text); a
+    plug-in that fails here only (the parent checked it) is a problem of its own runs."""
+    stamps = []
+    for plugin in plugins:
+        try:
+            stat = os.stat(plugin)
+            stamps.append((stat.st_mtime_ns, stat.st_size))
+        except OSError:  # a module name, or a file that is gone: the registry says which
+            stamps.append(None)
+    return _worker_registry(plugins, tuple(stamps))
+
+
+@functools.lru_cache(maxsize=8)
+def _worker_registry(plugins: tuple[str, ...], stamps: tuple[Any, ...]) -> Any:
     from .optim.registry import OptimizerRegistry
 
-    return OptimizerRegistry.default(plugins)
+    return OptimizerRegistry.default(plugins, strict=False)

@@ -236,12 +236,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def plan(
-    pairs: Iterable[tuple[TaskSpec, ResolvedOptimizer]], seeds: int, store: ResultsStore
+    pairs: Iterable[tuple[TaskSpec, ResolvedOptimizer]], seeds: int, store: ResultsStore, *, rerun: bool = False
 ) -> tuple[list[RunJob], int]:
-    """Jobs for the runs not yet stored, and how many runs are already stored."""
+    """Jobs for the runs not yet stored (every run with ``rerun``), and how many runs are
+    already stored and skipped."""
     jobs, skipped = [], 0
     for task, optimizer in pairs:
-        done = store.finished_seeds(task.hash, optimizer.hash)
+        done = set() if rerun else store.finished_seeds(task.hash, optimizer.hash)
         missing = tuple(s for s in range(seeds) if s not in done)
         skipped += seeds - len(missing)
         if missing:
@@ -278,10 +279,12 @@ def with_meta_training(
     executor: Executor = Executor(),
     plugins: tuple[str, ...] = (),
     log: Callable[[str], None] = lambda message: None,
+    retrain: bool = False,
 ) -> list[RunJob]:
     """Meta-train (or fetch from the cache) every learned optimiser the jobs need, once,
     before any meta-test (in parallel when the executor has workers); the jobs come back
-    pointing at the checkpoints."""
+    pointing at the checkpoints. ``retrain``: meta-train again even where a cached
+    checkpoint exists (it is replaced when the new one is written)."""
     needed: dict[str, ResolvedOptimizer] = {}
     for job in jobs:
         if job.optimizer.hash not in needed and job.optimizer.checkpoint is None and _is_learned(job.optimizer):
@@ -291,7 +294,8 @@ def with_meta_training(
     if executor.in_process:
         for key, optimizer in needed.items():
             try:
-                ready[key] = ensure_meta_trained(optimizer, results_dir=results_dir, data_dir=data_dir, device=device, log=log)
+                ready[key] = ensure_meta_trained(optimizer, results_dir=results_dir, data_dir=data_dir, device=device,
+                                                 log=log, force=retrain)
             except L2LBenchError:
                 raise  # bad input (no meta-training config, unwritable cache): stop, exit 2
             except _PLUGIN_FAULTS as exc:  # the plug-in's fault: its runs fail, the others go on
@@ -299,7 +303,7 @@ def with_meta_training(
     else:
         items = [(key, PortableOptimizer.of(o)) for key, o in needed.items()]
         for (key, _), (path, lines, failure) in executor.map(
-            _meta_train_in_worker, items, plugins, results_dir, data_dir, str(device)
+            _meta_train_in_worker, items, plugins, results_dir, data_dir, str(device), retrain
         ):
             for line in lines:
                 log(line)
@@ -316,7 +320,8 @@ def with_meta_training(
 
 
 def _meta_train_in_worker(
-    item: tuple[str, PortableOptimizer], plugins: tuple[str, ...], results_dir: Path, data_dir: Path, device: str
+    item: tuple[str, PortableOptimizer], plugins: tuple[str, ...], results_dir: Path, data_dir: Path, device: str,
+    retrain: bool = False,
 ) -> tuple[Path | None, list[str], str | None]:
     lines: list[str] = []
     try:
@@ -326,7 +331,7 @@ def _meta_train_in_worker(
     try:
         ready = ensure_meta_trained(
             optimizer, results_dir=results_dir, data_dir=data_dir, device=torch.device(device), progress=False,
-            log=lines.append,
+            log=lines.append, force=retrain,
         )
     except L2LBenchError:
         raise
@@ -415,11 +420,13 @@ def run_jobs(
     plugins: tuple[str, ...] = (),
     on_job_done: Callable[[RunJob, list[RunRecord]], None] | None = None,
     run_timeout: float | None = None,
+    replace: bool = False,
 ) -> RunSummary:
     """Execute ``jobs`` (in parallel when the executor has workers), storing each job's
     runs in one transaction as soon as it ends, in this process only.
 
-    ``run_timeout`` limits every run's wall time (see :func:`execute_job`)."""
+    ``run_timeout`` limits every run's wall time (see :func:`execute_job`); ``replace``
+    lets finished runs replace stored ones (``--rerun``, see :meth:`ResultsStore.put`)."""
     if run_timeout is not None and not (isinstance(run_timeout, (int, float)) and math.isfinite(run_timeout) and run_timeout > 0):
         raise UsageError(f"invalid run timeout: {run_timeout!r} (expected a positive number of seconds)")
     summary = RunSummary(planned=sum(len(j.seeds) for j in jobs))
@@ -438,7 +445,7 @@ def run_jobs(
             )
         ))
     for job, records in results:
-        store.put(records)
+        store.put(records, replace=replace)
         for record in records:
             if record.status == "ok":
                 summary.ok += 1

@@ -248,21 +248,25 @@ class ResultsStore:
             raise self._error("cannot be read", exc) from None
         return {row[0] for row in rows}
 
-    def put(self, records: Iterable[RunRecord]) -> int:
+    def put(self, records: Iterable[RunRecord], *, replace: bool = False) -> int:
         """Store ``records`` in one transaction; returns how many rows were written.
 
         A key already stored as ok/diverged is left alone (the first finished result
-        wins); a stored failure is replaced.
+        wins) unless ``replace`` and the new record finished too (``run --rerun``: a rerun
+        that fails never costs a finished result); a stored failure is replaced.
         """
         rows = [r._row() for r in records]
         if not rows:
             return 0
         placeholders = ", ".join("?" for _ in _COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[3:])
+        condition = "runs.status = 'failed'"
+        if replace:
+            condition += f" OR excluded.status IN {FINISHED!r}"
         sql = (
             f"INSERT INTO runs ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "
             f"ON CONFLICT (task_hash, optimizer_hash, seed) DO UPDATE SET {updates} "
-            "WHERE runs.status = 'failed'"
+            f"WHERE {condition}"
         )
         try:
             self._db.execute("BEGIN IMMEDIATE")

@@ -61,9 +61,12 @@ class RaisesOnInit:
         return params, state
 
 
-def fails_to_construct(lr: float = 0.1):
-    """Its factory raises (a plug-in whose constructor is broken)."""
-    raise RuntimeError("plug-in exploded in its constructor")
+def fails_to_construct(lr: float = 0.1, explode: bool = False):
+    """Its factory raises when asked to explode (a constructor broken for some settings;
+    one broken on its defaults is refused when the plug-in loads)."""
+    if explode:
+        raise RuntimeError("plug-in exploded in its constructor")
+    return RaisesOnUpdate()
 
 
 class WrongShape:

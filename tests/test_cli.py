@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -62,14 +63,30 @@ def test_failed_runs_are_stored_and_exit_code_is_1(tiny_suite, tmp_path, capsys)
     assert "failed: raises on synthetic" in err and "RuntimeError: plug-in exploded at update" in err
 
 
-def test_broken_plugin_is_named_and_the_rest_still_run(tiny_suite, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "source,reason",
+    [
+        ("import not_a_module_anywhere\n", "failed to import: ModuleNotFoundError: No module named 'not_a_module_anywhere'"),
+        ("def update(:\n", "failed to import: SyntaxError: "),
+        ("X = 1\n", "defines no OPTIMIZERS table"),
+    ],
+)
+@pytest.mark.parametrize("command", [["run", "--suite", "{suite}"], ["list", "optimizers"],
+                                     ["report"], ["meta-train", "lstm", "--tasks", "synthetic"]])
+def test_a_broken_plugin_stops_every_command_before_anything_is_written(tiny_suite, tmp_path, capsys, source, reason,
+                                                                       command):
     broken = tmp_path / "broken.py"
-    broken.write_text("import not_a_module_anywhere\n")
-    results = str(tmp_path / "results")
-    code, out, err = _cli(capsys, "run", "--suite", tiny_suite(), "--results", results, "--plugin", str(broken))
-    assert code == 1
-    assert f"plug-in {str(broken)!r} failed to import: ModuleNotFoundError" in err
-    assert "done: 4 ok" in out
+    broken.write_text(source)
+    results = tmp_path / "results"
+    argv = [a.format(suite=tiny_suite()) for a in command] + ["--plugin", str(broken)]
+    if command[0] != "list":
+        argv += ["--results", str(results)]
+    start = time.monotonic()
+    code, out, err = _cli(capsys, *argv)
+    assert code == 2 and out == "", err
+    assert err.count("\n") == 1 and err.startswith(f"l2lbench: error: plug-in {str(broken)!r}") and reason in err
+    assert not results.exists()  # nothing computed, nothing written
+    assert time.monotonic() - start < 10
 
 
 def _bad_inputs(tmp_path):

@@ -127,3 +127,61 @@ def test_bench_is_a_subcommand():
 
     args = build_parser().parse_args(["bench", "--optimizers", "sgd,lstm", "--steps", "5", "--format", "json"])
     assert args.command == "bench" and args.optimizers == ["sgd", "lstm"] and args.steps == 5
+
+
+PER_TASK = """
+seeds = 1
+optimizers = ["sgd", {{ entry = "lstm", hidden = 4, name = "lstm" }}]
+
+[defaults]
+steps = 6
+batch_size = 16
+eval_every = 3
+
+[[tasks]]
+dataset = {{ kind = "synthetic", n_train = 128, n_test = 64, size = 8 }}
+learner = {{ kind = "mlp", hidden = [8] }}
+
+[[tasks]]
+dataset = {{ kind = "synthetic", n_train = 128, n_test = 64, size = 8 }}
+learner = {{ kind = "mlp", hidden = [4] }}
+
+[meta_training]
+tasks = "same-as-test"
+steps = 6
+trials = {trials}
+unroll = 3
+"""
+
+
+def test_meta_train_with_a_per_task_suite_is_what_run_would_meta_train(tmp_path, capsys):
+    suite = tmp_path / "per-task.toml"
+    suite.write_text(PER_TASK.format(trials=2))
+    results = str(tmp_path / "results")
+    task = load_suite(str(suite)).tasks[1].name  # the [4] learner
+    assert main(["meta-train", "lstm", "--suite", str(suite), "--tasks", task, "--results", results]) == 0
+    out = capsys.readouterr().out
+    assert out.count("meta-trained in") == 1 and "-2x6steps-unroll3 ..." in out
+    checkpoint = load_checkpoint(next((tmp_path / "results" / "checkpoints").glob("lstm-*.pt")))
+    assert checkpoint.hparams["hidden"] == 4 and checkpoint.meta_training["tasks"][0]["learner"]["hidden"] == [4]
+    # The run of that task finds it; the other task's meta-training is its own.
+    assert main(["run", "--suite", str(suite), "--tasks", task, "--results", results]) == 0
+    out = capsys.readouterr().out
+    assert "using cached meta-trained checkpoint" in out and "meta-trained in" not in out
+    # Without --tasks: one meta-training per task (the cached one reused); flags override.
+    assert main(["meta-train", "lstm", "--suite", str(suite), "--results", results]) == 0
+    out = capsys.readouterr().out
+    assert out.count("using cached") == 1 and out.count("meta-trained in") == 1
+    assert main(["meta-train", "lstm", "--suite", str(suite), "--tasks", task, "--trials", "3", "--results", results]) == 0
+    assert "-3x6steps-unroll3 ..." in capsys.readouterr().out
+    assert main(["meta-train", "lstm", "--suite", str(suite), "--results", results, "--out", str(tmp_path / "x.pt")]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_meta_train_with_the_same_domain_suite_resolves_each_task(tmp_path, capsys):
+    # No MNIST here: the command gets as far as the data, past the suite's resolution.
+    code = main(["meta-train", "lstm", "--suite", "same-domain", "--tasks", "mnist", "--results", str(tmp_path / "r"),
+                 "--data-dir", str(tmp_path / "empty")])
+    err = capsys.readouterr().err
+    assert code == 2 and "same-as-test" not in err and "mnist" in err.lower(), err
+    assert not (tmp_path / "r" / "checkpoints").exists()

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from l2lbench.codeid import PROTOCOL_VERSION
 from l2lbench.errors import UsageError
+from l2lbench.optim.registry import OptimizerRegistry
 from l2lbench.report import command, plots, tables
 from l2lbench.store import DB_FILENAME, ResultsStore, RunRecord
 from l2lbench.suite import load_suite
@@ -30,11 +32,21 @@ def make_task(dataset: dict | None = None) -> TaskSpec:
                                  "steps": 30, "eval_every": 10})
 
 
+def current_code(entry: str) -> dict:
+    """The code identity a run of ``entry`` stored now has (built-ins: their module's;
+    others: a made-up plug-in fingerprint)."""
+    registry = OptimizerRegistry.default(entry_points=False)
+    if entry in registry.names():
+        return dict(registry.get(entry).code)
+    return {"fingerprint": "feedfacecafebeef", "module": "a_plugin"}
+
+
 def run_record(task, optimizer, seed, losses, *, status="ok", meta=None, error=None, diverged_step=None):
     provenance = {"torch": "x", **({"meta_training": meta} if meta else {})}
+    config = {"entry": optimizer, "code": current_code(optimizer), "protocol": PROTOCOL_VERSION}
     return RunRecord(
         task_hash=task.hash, optimizer_hash=f"{optimizer:0<16}"[:16], seed=seed, task_name=task.name,
-        optimizer_name=optimizer, task_config=task.config(), optimizer_config={"entry": optimizer}, status=status,
+        optimizer_name=optimizer, task_config=task.config(), optimizer_config=config, status=status,
         train_loss=list(losses), eval_steps=task.eval_steps()[:len(losses)], test_loss=list(losses),
         test_accuracy=[1 - v / 2 for v in losses], wall_time_s=0.1, provenance=provenance,
         diverged_step=diverged_step, error=error,

@@ -2,8 +2,9 @@
 
 Either a checkpoint the user names (``--checkpoint NAME=PATH``; results are keyed by the
 file's digest), or the cache under ``<results>/checkpoints/``: one file per (plug-in
-config, meta-training config, seed), named by the optimiser's store key, so every suite
-that needs the same meta-trained optimiser reuses it and a re-run never meta-trains twice.
+config and code, meta-training config, seed, protocol version), named by the optimiser's
+store key, so every suite that needs the same meta-trained optimiser reuses it, a re-run
+never meta-trains twice, and changed code never meets an older checkpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 
+from .. import codeid
 from ..errors import CheckpointError, UsageError
 from ..optim.base import capability
 from ..optim.registry import ResolvedOptimizer
@@ -46,8 +48,10 @@ def ensure_meta_trained(
     device: torch.device,
     progress: bool | None = None,
     log: Callable[[str], None] = lambda message: None,
+    force: bool = False,
 ) -> ResolvedOptimizer:
-    """``optimizer`` with ``checkpoint`` set: the given file, the cached one, or a new one.
+    """``optimizer`` with ``checkpoint`` set: the given file, the cached one, or a new one
+    (``force``: a new one even where one is cached; it replaces that file once written).
 
     Raises:
         UsageError: a learned optimiser with neither a checkpoint nor a meta-training config.
@@ -60,7 +64,7 @@ def ensure_meta_trained(
             f"(expected a [meta_training] table in the suite or --checkpoint {optimizer.name}=PATH)"
         )
     path = cache_path(results_dir, optimizer)
-    if path.is_file():
+    if path.is_file() and not force:
         try:
             use_checkpoint_file(optimizer, path)
             log(f"{optimizer.name}: using cached meta-trained checkpoint {path}")
@@ -77,7 +81,8 @@ def ensure_meta_trained(
         meta_training=spec.config(),
         history={"trial_loss": result.trial_loss, "unroll_loss": result.unroll_loss},
         wall_time_s=result.wall_time_s,
-        provenance=provenance(device),
+        # The code it was trained with (its file name keys the same identity).
+        provenance={**provenance(device), "code": dict(optimizer.entry.code), "protocol": codeid.PROTOCOL_VERSION},
     )
     save_checkpoint(checkpoint, path)
     first, last = result.trial_loss[0], result.trial_loss[-1]

@@ -3,6 +3,7 @@
     l2lbench meta-train lstm --tasks mnist                       # the paper's defaults
     l2lbench meta-train mtl2l --tasks fashion-mnist,kmnist --trials 30
     l2lbench meta-train lstm --suite domain-shift                # the suite's config
+    l2lbench meta-train lstm --suite same-domain --tasks mnist   # one task of a per-task suite
 
 The checkpoint lands where ``l2lbench run`` looks for it (``<results>/checkpoints/``), so a
 later run of a suite with the same configuration reuses it; ``--out`` copies it elsewhere.
@@ -33,7 +34,10 @@ def _setting(value: str) -> tuple[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("optimizer", help="a learned optimiser: lstm, mtl2l or a learned plug-in")
     parser.add_argument("--suite", help="start from this suite's [meta_training] config and hyperparameters")
-    parser.add_argument("--tasks", type=csv_list, metavar="A,B", help="training datasets, alternated trial by trial")
+    parser.add_argument("--tasks", type=csv_list, metavar="A,B",
+                        help="training datasets, alternated trial by trial; with --suite, which of the suite's tasks "
+                             "to meta-train for (names or globs, default all: one meta-training per task where the "
+                             "suite meta-trains on each task's own data)")
     parser.add_argument("--steps", type=positive_int, metavar="S", help="learner steps per trial (default 100)")
     parser.add_argument("--trials", type=positive_int, metavar="Q", help="learners to train (default 20)")
     parser.add_argument("--unroll", type=positive_int, metavar="XI", help="steps per truncated unroll (default 5)")
@@ -51,57 +55,83 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, *, registry: Any, data_dir: Path) -> int:
     import dataclasses
 
-    from ..optim.spec import OptimizerSpec
     from ..runner import resolve_device
-    from ..suite import load_suite
-    from .cache import cache_path, ensure_meta_trained
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .spec import MetaTrainingSpec
-
     from ..training import keep_freed_memory
+    from .cache import ensure_meta_trained
+    from .checkpoint import load_checkpoint, save_checkpoint
 
     keep_freed_memory()  # this process trains: reuse freed memory (see keep_freed_memory)
     device = resolve_device(args.device)
-    config: dict[str, Any] = {}
-    hparams: dict[str, Any] = {}
-    entry = args.optimizer
-    if args.suite:
-        suite = load_suite(args.suite)
-        matches = [o for o in suite.optimizers if args.optimizer in (o.name, o.entry)]
-        if not matches:
-            raise UsageError(
-                f"suite {suite.name!r} has no optimizer {args.optimizer!r}; expected one of: "
-                f"{', '.join(o.name for o in suite.optimizers)}"
-            )
-        entry, hparams = matches[0].entry, dict(matches[0].hparams)
-        config = {**(suite.meta_training or {}), **(matches[0].meta_training or {})}
-    hparams.update(dict(args.settings))
-    flags = {"tasks": args.tasks, "steps": args.steps, "trials": args.trials, "unroll": args.unroll, "lr": args.lr,
-             "batch_size": args.batch_size, "seed": args.seed, "param_noise": True if args.param_noise else None}
-    config.update({k: v for k, v in flags.items() if v is not None})
-    if not config.get("tasks"):
-        raise UsageError("meta-train needs training tasks (expected --tasks mnist[,kmnist] or --suite NAME)")
-    spec = MetaTrainingSpec.from_config(config)
-    optimizer = registry.resolve(OptimizerSpec(entry, tuple(sorted(hparams.items()))))
-    if not optimizer.learned:
-        learned = [e.name for e in registry.entries() if _learned_entry(registry, e.name)]
-        raise UsageError(f"optimizer {entry!r} is not learned; expected one of: {', '.join(learned)}")
-    optimizer = dataclasses.replace(optimizer, meta_training=spec)
-    results = Path(args.results)
-    if args.force:
-        cache_path(results, optimizer).unlink(missing_ok=True)
-    for dataset in {t.dataset for t in spec.tasks}:
+    settings = {"steps": args.steps, "trials": args.trials, "unroll": args.unroll, "lr": args.lr,
+                "batch_size": args.batch_size, "seed": args.seed, "param_noise": True if args.param_noise else None}
+    settings = {k: v for k, v in settings.items() if v is not None}
+    optimizers = _from_suite(args, registry, settings) if args.suite else [_from_flags(args, registry, settings)]
+    for optimizer in optimizers:
+        if not _learned_entry(registry, optimizer.entry.name):
+            learned = [e.name for e in registry.entries() if _learned_entry(registry, e.name)]
+            raise UsageError(f"optimizer {optimizer.entry.name!r} is not learned; expected one of: {', '.join(learned)}")
+    if args.out and len(optimizers) > 1:
+        raise UsageError(f"--out {args.out!r} takes one checkpoint, but this selection meta-trains {len(optimizers)} "
+                         "(expected --tasks naming one task of the suite)")
+    for dataset in {t.dataset for o in optimizers for t in o.meta_training.tasks}:
         dataset.load(data_dir)  # fail fast on missing data
-    ready = ensure_meta_trained(optimizer, results_dir=results, data_dir=data_dir, device=device, log=print)
-    checkpoint = load_checkpoint(ready.checkpoint)
-    trial_loss = checkpoint.history.get("trial_loss", [])
-    if trial_loss:
-        print(f"meta-loss (mean learner loss per trial): first {trial_loss[0]:.4f}, last {trial_loss[-1]:.4f}, "
-              f"over {len(trial_loss)} trials in {checkpoint.wall_time_s:.1f} s")
-    print(f"checkpoint: {ready.checkpoint}")
-    if args.out:
-        print(f"copied to: {save_checkpoint(dataclasses.replace(checkpoint, path=None), args.out)}")
+    results = Path(args.results)
+    for optimizer in optimizers:
+        ready = ensure_meta_trained(optimizer, results_dir=results, data_dir=data_dir, device=device, log=print,
+                                    force=args.force)
+        checkpoint = load_checkpoint(ready.checkpoint)
+        trial_loss = checkpoint.history.get("trial_loss", [])
+        if trial_loss:
+            print(f"meta-loss (mean learner loss per trial): first {trial_loss[0]:.4f}, last {trial_loss[-1]:.4f}, "
+                  f"over {len(trial_loss)} trials in {checkpoint.wall_time_s:.1f} s")
+        print(f"checkpoint: {ready.checkpoint}")
+        if args.out:
+            print(f"copied to: {save_checkpoint(dataclasses.replace(checkpoint, path=None), args.out)}")
     return 0
+
+
+def _from_flags(args: argparse.Namespace, registry: Any, settings: dict[str, Any]) -> Any:
+    """The optimiser meta-trained on the ``--tasks`` datasets with the flags' settings."""
+    import dataclasses
+
+    from ..optim.spec import OptimizerSpec
+    from .spec import MetaTrainingSpec
+
+    if not args.tasks:
+        raise UsageError("meta-train needs training tasks (expected --tasks mnist[,kmnist] or --suite NAME)")
+    spec = MetaTrainingSpec.from_config({"tasks": args.tasks, **settings})
+    optimizer = registry.resolve(OptimizerSpec(args.optimizer, tuple(sorted(dict(args.settings).items()))))
+    return dataclasses.replace(optimizer, meta_training=spec)
+
+
+def _from_suite(args: argparse.Namespace, registry: Any, settings: dict[str, Any]) -> list[Any]:
+    """The optimisers a ``run`` of the suite would meta-train (so that it then finds them
+    cached): the suite's own resolution, for the tasks ``--tasks`` selects (all if none;
+    one meta-training each where the suite meta-trains per task)."""
+    import dataclasses
+
+    from ..runner import suite_runs
+    from ..suite import load_suite
+
+    suite = load_suite(args.suite).with_overrides(meta=settings or None)
+    matches = [o for o in suite.optimizers if args.optimizer in (o.name, o.entry)]
+    if not matches:
+        raise UsageError(
+            f"suite {suite.name!r} has no optimizer {args.optimizer!r}; expected one of: "
+            f"{', '.join(o.name for o in suite.optimizers)}"
+        )
+    spec = matches[0]
+    if args.settings:
+        hparams = {**dict(spec.hparams), **dict(args.settings)}
+        spec = dataclasses.replace(spec, hparams=tuple(sorted(hparams.items())))
+    suite = dataclasses.replace(suite, optimizers=(spec,))
+    distinct: dict[str, Any] = {}
+    for _, optimizer in suite_runs(suite, registry, task_patterns=args.tasks):
+        if optimizer.meta_training is None:
+            raise UsageError(f"suite {suite.name!r} has no [meta_training] table for {spec.name!r} "
+                             "(expected one, or meta-train with --tasks DATASETS and no --suite)")
+        distinct.setdefault(optimizer.hash, optimizer)
+    return list(distinct.values())
 
 
 def _learned_entry(registry: Any, name: str) -> bool:

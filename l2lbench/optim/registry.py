@@ -4,29 +4,39 @@ Three ways in, all explicit (no import-time registration side effects):
 
 * built-ins: ``BUILTIN_OPTIMIZERS`` below, imported lazily on first use;
 * installed packages: entry-point group ``l2lbench.optimizers``, one entry point per
-  optimiser (``name = "package.module:factory"``);
+  optimiser (``name = "package.module:factory"``), imported only when named or listed;
 * ``--plugin path/to/file.py`` or ``--plugin package.module``: a module that defines
   ``OPTIMIZERS = {"name": factory, ...}``.
 
 A factory is a callable taking hyperparameters as keyword arguments (with defaults) and
-returning an object with ``init``/``update`` (see :mod:`l2lbench.optim.base`). A plug-in
-that fails to load is reported by name in ``registry.problems``; the rest still load.
+returning an object with ``init``/``update`` (see :mod:`l2lbench.optim.base`).
+
+What a user names must work or stop everything before anything runs: a ``--plugin`` that
+fails to import, has no table, reuses a built-in's name or whose factory fails on its
+defaults raises :class:`~l2lbench.errors.PluginError` (exit 2), and so does an entry point
+that fails to import when it is asked for by name. An explicit ``--plugin`` wins over an
+installed entry point of the same name (``registry.notes`` says so). Installed entry
+points that nobody asked for only add a line to ``registry.problems`` (a warning).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from ..errors import ConfigError, PluginError, UsageError
+from .. import codeid
+from ..codeid import code_identity, executed_source, key_part, remember_source
+from ..errors import ConfigError, L2LBenchError, PluginError, UsageError
 from .base import capability, interface_problems
-from .spec import OptimizerSpec, config_hash, resolve_hparams
+from .spec import OptimizerSpec, config_hash, display_name, non_default, resolve_hparams
 
 ENTRY_POINT_GROUP = "l2lbench.optimizers"
 
@@ -43,6 +53,8 @@ BUILTIN_OPTIMIZERS: dict[str, str] = {
     "mtl2l": "l2lbench.optimizers.mtl2l:mtl2l",
 }
 
+BUILT_IN, ENTRY_POINT, PLUG_IN = "built-in", "entry point", "plug-in"
+
 
 def _import_attribute(reference: str) -> Any:
     module_name, _, attribute = reference.partition(":")
@@ -51,26 +63,51 @@ def _import_attribute(reference: str) -> Any:
 
 @dataclass(frozen=True)
 class OptimizerEntry:
-    """A registered optimiser: its name, factory and where it came from."""
+    """A registered optimiser: its name, factory and where it came from.
+
+    ``module`` is the module whose source identifies the code (by default the factory's
+    own module); ``distribution`` the installed package ("name version") of an entry point.
+    """
 
     name: str
     factory: Callable[..., Any]
     source: str
+    module: str | None = None
+    distribution: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """``built-in``, ``entry point`` or ``plug-in`` (from where it was registered)."""
+        for kind in (BUILT_IN, ENTRY_POINT, PLUG_IN):
+            if self.source.startswith(kind):
+                return kind
+        return self.source
 
     @property
     def description(self) -> str:
         doc = (getattr(self.factory, "__doc__", None) or "").strip()
         return doc.splitlines()[0] if doc else ""
 
+    @functools.cached_property
+    def code(self) -> dict[str, Any]:
+        """The code identity (:func:`l2lbench.codeid.code_identity`) behind this entry."""
+        module = self.module
+        if module is None:
+            factory = self.factory
+            module = factory.module if isinstance(factory, _LazyFactory) else getattr(factory, "__module__", None)
+        return code_identity(module, self.distribution)
+
 
 @dataclass(frozen=True)
 class ResolvedOptimizer:
     """An optimiser config bound to its entry: full hyperparameters and store key.
 
-    A learned optimiser is identified by its meta-parameters too: by the meta-training
-    that produces them (``meta_training``, a :class:`~l2lbench.learned.spec.MetaTrainingSpec`)
-    or, for a checkpoint given by the user, by the checkpoint file's digest.
-    ``checkpoint`` is the file the meta-parameters are loaded from at meta-test.
+    The key covers the entry, every hyperparameter (defaults filled in), the code's
+    identity and the benchmark protocol version (:mod:`l2lbench.codeid`). A learned
+    optimiser is identified by its meta-parameters too: by the meta-training that produces
+    them (``meta_training``, a :class:`~l2lbench.learned.spec.MetaTrainingSpec`) or, for a
+    checkpoint given by the user, by the checkpoint file's digest. ``checkpoint`` is the
+    file the meta-parameters are loaded from at meta-test.
     """
 
     spec: OptimizerSpec
@@ -86,18 +123,33 @@ class ResolvedOptimizer:
 
     @property
     def hash(self) -> str:
+        code = key_part(self.entry.code)
         if self.meta_training is not None:
-            return config_hash(self.entry.name, self.hparams, meta_training=self.meta_training.hash)
+            return config_hash(self.entry.name, self.hparams, code, meta_training=self.meta_training.hash)
         if self.checkpoint_digest is not None:
-            return config_hash(self.entry.name, self.hparams, checkpoint=self.checkpoint_digest)
-        return config_hash(self.entry.name, self.hparams)
+            return config_hash(self.entry.name, self.hparams, code, checkpoint=self.checkpoint_digest)
+        return config_hash(self.entry.name, self.hparams, code)
+
+    @property
+    def non_default(self) -> dict[str, Any]:
+        """The hyperparameters that differ from the factory's defaults."""
+        return non_default(self.entry.factory, self.hparams)
+
+    @property
+    def display_name(self) -> str:
+        """The name with its non-default hyperparameters, e.g. ``lion(lr=0.0001)``."""
+        return display_name(self.spec.label or self.entry.name, self.non_default)
 
     @property
     def learned(self) -> bool:
         return capability(self.build(), "learned")
 
     def config(self) -> dict[str, Any]:
-        config = {"entry": self.entry.name, "hparams": dict(self.hparams), "source": self.entry.source}
+        config = {
+            "entry": self.entry.name, "hparams": dict(self.hparams), "source": self.entry.source,
+            "non_default": self.non_default, "display_name": self.display_name,
+            "code": dict(self.entry.code), "protocol": codeid.PROTOCOL_VERSION,
+        }
         if self.meta_training is not None:
             config["meta_training"] = self.meta_training.config()
         if self.checkpoint_digest is not None:
@@ -108,9 +160,7 @@ class ResolvedOptimizer:
         """Call the factory and check the interface; errors name the plug-in."""
         try:
             optimizer = self.entry.factory(**self.hparams)
-        except ConfigError as exc:
-            raise ConfigError(f"optimizer {self.name!r}: {exc}") from None
-        except ValueError as exc:
+        except (ConfigError, ValueError) as exc:
             raise ConfigError(f"optimizer {self.name!r}: {exc}") from None
         except Exception as exc:
             raise PluginError(
@@ -127,70 +177,104 @@ class ResolvedOptimizer:
 
 
 class OptimizerRegistry:
-    """Name -> entry, de-duplicated by name, with the providing source recorded."""
+    """Name -> entry, de-duplicated by name, with the providing source recorded.
+
+    ``problems``: one line per installed entry point that cannot be used (warnings);
+    ``notes``: one line per ``--plugin`` entry that replaces an installed entry point.
+    """
 
     def __init__(self) -> None:
         self._entries: dict[str, OptimizerEntry] = {}
-        self.problems: list[str] = []  # one line per plug-in that failed to load
+        self.problems: list[str] = []
+        self.notes: list[str] = []
 
     @classmethod
-    def default(cls, plugins: Iterable[str] = (), *, entry_points: bool = True) -> "OptimizerRegistry":
-        """Built-ins, then installed entry points, then ``--plugin`` modules."""
+    def default(
+        cls, plugins: Iterable[str] = (), *, entry_points: bool = True, strict: bool = True
+    ) -> "OptimizerRegistry":
+        """Built-ins, then installed entry points, then ``--plugin`` modules.
+
+        ``strict`` (the command line): a plug-in that cannot be used raises
+        :class:`PluginError`. A worker process passes ``strict=False``: it rebuilds what
+        the parent already checked, and a plug-in that fails only there must fail only its
+        own runs, so its problem is recorded in ``problems`` instead.
+        """
         registry = cls()
         for name, reference in BUILTIN_OPTIMIZERS.items():
-            registry.add(OptimizerEntry(name, _LazyFactory(reference), "built-in"))
+            module = reference.partition(":")[0]
+            factory = _LazyFactory(module, functools.partial(_import_attribute, reference))
+            registry.add(OptimizerEntry(name, factory, BUILT_IN))
         if entry_points:
-            registry.load_entry_points()
+            registry.add_entry_points()
         for plugin in plugins:
-            registry.load_plugin(plugin)
+            try:
+                registry.load_plugin(plugin, check=strict)
+            except PluginError as exc:
+                if strict:
+                    raise
+                registry.problems.append(str(exc))
         return registry
 
     def add(self, entry: OptimizerEntry) -> bool:
-        """Add ``entry``; loading the same factory twice is a no-op, a clash a problem."""
+        """Add ``entry``. Loading the same plug-in twice is a no-op; a ``--plugin`` entry
+        replaces an entry point of its name (with a note) and clashes with anything else
+        (``PluginError``); an entry point clashing with another entry is a problem."""
         existing = self._entries.get(entry.name)
         if existing is not None:
             if existing.factory is entry.factory or existing.source == entry.source:
                 return False
-            self.problems.append(
-                f"optimizer name {entry.name!r} from {entry.source} clashes with the one from "
-                f"{existing.source}; keeping the latter (rename one of them)"
-            )
-            return False
+            if entry.kind == PLUG_IN and existing.kind == ENTRY_POINT:
+                self.notes.append(f"optimizer {entry.name!r}: using {entry.source} instead of the installed {existing.source}")
+            elif entry.kind == PLUG_IN:
+                raise PluginError(
+                    f"{entry.source} defines optimizer {entry.name!r}, which the {existing.source} optimizer already "
+                    "has (expected another name)"
+                )
+            else:
+                self.problems.append(
+                    f"optimizer name {entry.name!r} from {entry.source} clashes with the one from "
+                    f"{existing.source}; keeping the latter (rename one of them)"
+                )
+                return False
         if not callable(entry.factory):
-            self.problems.append(
+            raise PluginError(
                 f"optimizer {entry.name!r} from {entry.source} is {entry.factory!r}, not a factory "
                 "(expected a callable returning an object with init/update)"
             )
-            return False
         self._entries[entry.name] = entry
         return True
 
-    def load_entry_points(self) -> None:
+    def add_entry_points(self) -> None:
+        """Register the installed entry points without importing them (see _LazyFactory)."""
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            source = f"entry point {ep.value!r}" + (f" of package {ep.dist.name!r}" if ep.dist else "")
-            try:
-                factory = ep.load()
-            except (Exception, SystemExit) as exc:  # a broken third-party package must not stop the rest
-                self.problems.append(f"plug-in {ep.name!r} ({source}) failed to import: {type(exc).__name__}: {exc}")
-                continue
-            self.add(OptimizerEntry(ep.name, factory, source))
+            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else None
+            source = f"{ENTRY_POINT} {ep.value!r}" + (f" of package {ep.dist.name!r}" if ep.dist else "")
+            loader = functools.partial(_load_entry_point, ep, source)
+            self.add(OptimizerEntry(ep.name, _LazyFactory(ep.module, loader), source, ep.module, dist))
 
-    def load_plugin(self, reference: str) -> None:
-        """Load ``path/to/file.py`` or ``package.module`` and add its ``OPTIMIZERS``."""
-        try:
-            module = _import_plugin_module(reference)
-        except PluginError as exc:
-            self.problems.append(str(exc))
-            return
+    def load_plugin(self, reference: str, *, check: bool = True) -> None:
+        """Load ``path/to/file.py`` or ``package.module`` and add its ``OPTIMIZERS``.
+
+        Raises:
+            PluginError: it fails to import, has no table, names a non-callable, clashes
+                with a built-in or another plug-in, or (``check``) a factory fails on its
+                default hyperparameters.
+        """
+        module = _import_plugin_module(reference)
         table = getattr(module, "OPTIMIZERS", None)
         if not isinstance(table, Mapping) or not table:
-            self.problems.append(
+            raise PluginError(
                 f"plug-in {reference!r} defines no OPTIMIZERS table "
                 "(expected OPTIMIZERS = {\"name\": factory, ...} at module level)"
             )
-            return
         for name, factory in table.items():
-            self.add(OptimizerEntry(str(name), factory, f"plug-in {reference}"))
+            self.add(OptimizerEntry(str(name), factory, f"{PLUG_IN} {reference}", module.__name__))
+            if check and _builds_on_defaults(factory):
+                try:
+                    self.resolve(str(name)).build()
+                except L2LBenchError as exc:
+                    where = "" if reference in str(exc) else f"plug-in {reference!r}: "
+                    raise PluginError(f"{where}{exc} (with its default hyperparameters)") from None
 
     def names(self) -> list[str]:
         return list(self._entries)
@@ -208,34 +292,60 @@ class OptimizerRegistry:
         if isinstance(spec, str):
             spec = OptimizerSpec(spec)
         entry = self.get(spec.entry)
+        if isinstance(entry.factory, _LazyFactory):
+            entry.factory.load()  # an entry point asked for by name: import it now, or say why not
         hparams = resolve_hparams(entry.factory, dict(spec.hparams), spec.entry)
         return ResolvedOptimizer(spec, entry, hparams)
 
 
 class _LazyFactory:
-    """A built-in factory imported on first call, so listing entries imports nothing heavy."""
+    """A factory imported on first use, so listing or loading the registry imports nothing
+    heavy and an entry point nobody asks for is never imported."""
 
-    def __init__(self, reference: str) -> None:
-        self.reference = reference
+    def __init__(self, module: str, loader: Callable[[], Any]) -> None:
+        self.module = module
+        self._loader = loader
         self._target: Callable[..., Any] | None = None
 
-    def _resolve(self) -> Callable[..., Any]:
+    def load(self) -> Callable[..., Any]:
         if self._target is None:
-            self._target = _import_attribute(self.reference)
+            self._target = self._loader()
         return self._target
 
     def __call__(self, **kwargs: Any) -> Any:
-        return self._resolve()(**kwargs)
+        return self.load()(**kwargs)
 
     @property
     def __signature__(self):  # noqa: D401 - inspect.signature reads this
-        import inspect
-
-        return inspect.signature(self._resolve())
+        return inspect.signature(self.load())
 
     @property
     def __doc__(self) -> str | None:  # type: ignore[override]
-        return self._resolve().__doc__
+        return self.load().__doc__
+
+
+def _load_entry_point(ep: importlib.metadata.EntryPoint, source: str) -> Callable[..., Any]:
+    try:
+        factory = ep.load()
+    except (Exception, SystemExit) as exc:  # a broken third-party package: one line, exit 2
+        raise PluginError(f"plug-in {ep.name!r} ({source}) failed to import: {type(exc).__name__}: {exc}") from None
+    if not callable(factory):
+        raise PluginError(
+            f"optimizer {ep.name!r} from {source} is {factory!r}, not a factory "
+            "(expected a callable returning an object with init/update)"
+        )
+    return factory
+
+
+def _builds_on_defaults(factory: Callable[..., Any]) -> bool:
+    """Whether the factory can be called with no arguments (every parameter has a default)."""
+    try:
+        inspect.signature(factory).bind()
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read: try it
+        return True
+    return True
 
 
 def _import_plugin_module(reference: str) -> Any:
@@ -248,21 +358,30 @@ def _import_plugin_module(reference: str) -> Any:
             # my_opt.py do not overwrite each other in sys.modules.
             digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
             module_name = f"l2lbench_plugin_{path.stem}_{digest}"
-            if module_name in sys.modules:
+            # The text read here is both what runs and what the code fingerprint hashes;
+            # a file edited since this process imported it is imported anew.
+            source = path.read_text(encoding="utf-8")
+            if module_name in sys.modules and executed_source(module_name) == source:
                 return sys.modules[module_name]
             spec = importlib.util.spec_from_file_location(module_name, path)
-            if spec is None or spec.loader is None:
+            if spec is None:
                 raise PluginError(f"plug-in file {reference!r} cannot be loaded as a Python module")
             module = importlib.util.module_from_spec(spec)
             sys.modules[module_name] = module
             try:
-                spec.loader.exec_module(module)
+                exec(compile(source, str(path), "exec"), module.__dict__)
             except BaseException:
                 del sys.modules[module_name]
                 raise
+            remember_source(module_name, source)
             return module
         return importlib.import_module(reference)
     except PluginError:
         raise
     except (Exception, SystemExit) as exc:  # sys.exit() at import must not end the benchmark
-        raise PluginError(f"plug-in {reference!r} failed to import: {type(exc).__name__}: {exc}") from exc
+        raise PluginError(f"plug-in {reference!r} failed to import: {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""

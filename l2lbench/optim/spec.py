@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError
-from ..hashing import content_hash
+from ..hashing import canonical_json, content_hash
 from ..specs import format_value
 
 
@@ -87,19 +87,62 @@ def resolve_hparams(factory: Callable[..., Any], hparams: Mapping[str, Any], nam
             f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} for optimizer {name!r}; "
             f"expected some of: {', '.join(accepted) or '(none)'}"
         )
-    resolved = {k: p.default for k, p in accepted.items() if p.default is not inspect.Parameter.empty}
+    resolved = factory_defaults(factory)
     resolved.update(hparams)
     return resolved
 
 
-def config_hash(entry: str, resolved: Mapping[str, Any], **meta: str) -> str:
+def factory_defaults(factory: Callable[..., Any]) -> dict[str, Any]:
+    """The factory's keyword arguments that have defaults, with them."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return {}
+    return {
+        k: p.default for k, p in signature.parameters.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not inspect.Parameter.empty
+    }
+
+
+def non_default(factory: Callable[..., Any], resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyperparameters of ``resolved`` that differ from the factory's defaults
+    (compared as canonical JSON, so a list spelling a tuple default is the default)."""
+    defaults = factory_defaults(factory)
+    missing = object()
+
+    def same(a: Any, b: Any) -> bool:
+        try:
+            return canonical_json(a) == canonical_json(b)
+        except (TypeError, ValueError):
+            return a == b
+
+    return {k: v for k, v in resolved.items() if (d := defaults.get(k, missing)) is missing or not same(v, d)}
+
+
+def display_name(name: str, hparams: Mapping[str, Any]) -> str:
+    """A name for reports with the hyperparameters that make it what it is.
+
+    >>> display_name("lion", {"lr": 0.0001, "betas": (0.9, 0.99)})
+    'lion(betas=0.9x0.99, lr=0.0001)'
+    >>> display_name("adam", {})
+    'adam'
+    """
+    if not hparams:
+        return name
+    return f"{name}({', '.join(f'{k}={format_value(v)}' for k, v in sorted(hparams.items()))})"
+
+
+def config_hash(entry: str, resolved: Mapping[str, Any], code: Mapping[str, Any] | None = None, **meta: str) -> str:
     """The key of an optimiser config in the results store.
 
-    ``meta`` identifies a learned optimiser's meta-parameters (``meta_training=<spec
-    hash>`` or ``checkpoint=<file digest>``); hand-designed optimisers have none, so their
-    keys stay as they were.
+    ``code`` is the code identity's key part (:func:`l2lbench.codeid.key_part`: the code
+    fingerprint, distribution and protocol version); ``meta`` identifies a learned
+    optimiser's meta-parameters (``meta_training=<spec hash>`` or ``checkpoint=<file
+    digest>``).
     """
     key: dict[str, Any] = {"entry": entry, "hparams": dict(resolved)}
+    if code is not None:
+        key["code"] = dict(code)
     if meta:
         key["meta"] = dict(meta)
     return content_hash(key)

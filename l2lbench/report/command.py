@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..errors import UsageError
 
@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for the report files and plots/ (default: the results folder)")
     parser.add_argument("--reference", default=DEFAULT_REFERENCE, metavar="NAME",
                         help=f"optimiser the speed-ups are measured against (default: {DEFAULT_REFERENCE})")
+    parser.add_argument("--all-versions", action="store_true",
+                        help="include runs of older optimiser code or benchmark protocol (labelled by code "
+                             "fingerprint; by default only the current code's runs are reported)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
+                        help="optimiser plug-ins whose stored runs are reported: their code tells which runs "
+                             "are current (repeatable)")
     parser.add_argument("--log-y", action="store_true", help="log-scale loss axes in the plots")
     parser.add_argument("--no-plots", action="store_true", help="write no plots")
 
@@ -68,20 +74,68 @@ def read_runs(results: Path) -> list["RunRecord"]:
 
 
 def restrict_to_suite(records: Sequence["RunRecord"], suite: "Suite") -> list["RunRecord"]:
-    """The runs of the suite's tasks (by hash) and optimisers (by stored name)."""
+    """The runs of the suite's tasks (by hash), of every optimiser: plug-ins run beside the
+    suite (``run --plugin``) belong to its report too."""
     tasks = {t.hash for t in suite.tasks}
-    optimizers = {o.name for o in suite.optimizers}
-    return [r for r in records if r.task_hash in tasks and r.optimizer_name in optimizers]
+    return [r for r in records if r.task_hash in tasks]
 
 
-def _reference(records: Sequence["RunRecord"], name: str | None) -> str | None:
-    names = sorted({r.optimizer_name for r in records})
-    if name is None or name in names:
+def current_runs(records: Sequence["RunRecord"], registry: Any) -> tuple[list["RunRecord"], list[str]]:
+    """The runs of each optimiser's current code and protocol, and notes on what was left out.
+
+    An optimiser's current code is that of its entry in ``registry`` (built-ins, installed
+    entry points, ``--plugin``); for an entry not registered here (a plug-in file not
+    given) it is the newest code stored for it, and a note says so.
+    """
+    from ..codeid import PROTOCOL_VERSION, key_part
+    from ..errors import L2LBenchError
+
+    def entry(record: "RunRecord") -> str:
+        return record.optimizer_config.get("entry", record.optimizer_name)
+
+    def stored(record: "RunRecord") -> dict[str, Any]:
+        code = record.optimizer_config.get("code")
+        # A run stored before keys had code has neither: "unknown", never current.
+        return key_part(code if isinstance(code, dict) else {}, record.optimizer_config.get("protocol", "unknown"))
+
+    current: dict[str, Any] = {}
+    notes = []
+    for name in sorted({entry(r) for r in records}):
+        try:
+            current[name] = key_part(registry.get(name).code)
+        except L2LBenchError:  # not registered here: its newest stored code of this protocol
+            candidates = [r for r in records if entry(r) == name and stored(r)["protocol"] == PROTOCOL_VERSION]
+            if candidates:
+                current[name] = stored(max(candidates, key=lambda r: r.created_at))
+                notes.append(f"Optimizer {name!r} is not registered here (pass its --plugin to check its code): "
+                             "its runs of the newest stored code are reported.")
+    kept, left_out = [], {}
+    for record in records:
+        if stored(record) == current.get(entry(record)):
+            kept.append(record)
+        else:
+            left_out[record.optimizer_name] = left_out.get(record.optimizer_name, 0) + 1
+    if left_out:
+        which = ", ".join(f"{name} {n}" for name, n in sorted(left_out.items()))
+        notes.append(f"Left out {sum(left_out.values())} stored runs of older optimiser code or benchmark protocol "
+                     f"({which}); --all-versions includes them, labelled by code fingerprint.")
+    return kept, notes
+
+
+def _reference(groups: Mapping[str, Sequence[Any]], records: Sequence["RunRecord"], name: str | None) -> str | None:
+    """The reference optimiser's label in the report, from its label or its stored name."""
+    from .tables import optimizer_label
+
+    labels = sorted({g.optimizer for task_groups in groups.values() for g in task_groups})
+    if name is None or name in labels:
         return name
-    if name == DEFAULT_REFERENCE:
+    named = sorted({optimizer_label(r) for r in records if r.optimizer_name == name} & set(labels))
+    if len(named) == 1:
+        return named[0]
+    if name == DEFAULT_REFERENCE and not named:
         # The default reference may simply not have run: the report then has no speed-ups.
         return None
-    raise UsageError(f"unknown reference optimizer {name!r}; expected one of the reported optimizers: {', '.join(names)}")
+    raise UsageError(f"unknown reference optimizer {name!r}; expected one of the reported optimizers: {', '.join(labels)}")
 
 
 def _write(path: Path, text: str) -> None:
@@ -106,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown report format {fmt!r}; expected one of: {', '.join(FORMATS)}")
     results = Path(getattr(args, "results", DEFAULT_RESULTS))
     out = Path(args.out) if getattr(args, "out", None) else results
+    from ..cli import registry_for
+
+    registry = registry_for(getattr(args, "plugin", []) or [])  # a broken --plugin stops here, exit 2
     records = read_runs(results)
     suite = None
     if getattr(args, "suite", None):
@@ -114,8 +171,16 @@ def run(args: argparse.Namespace) -> int:
         if not records:
             raise UsageError(f"no runs of suite {suite.name!r} stored in {results}; "
                              f"run `l2lbench run --suite {args.suite}` first")
-    reference = _reference(records, getattr(args, "reference", DEFAULT_REFERENCE))
+    notes: list[str] = []
+    if not getattr(args, "all_versions", False):
+        records, notes = current_runs(records, registry)
+        for note in notes:
+            print(f"l2lbench: note: {note}", file=sys.stderr)
+        if not records:
+            raise UsageError(f"no runs of the current code stored in {results} ({notes[-1]})")
+    reference = _reference(tables.group_runs(records), records, getattr(args, "reference", DEFAULT_REFERENCE))
     report = tables.build_report(records, results=str(results), reference=reference, suite=suite)
+    report.notes += notes
     if reference is None:
         report.notes.append(f"No speed-ups: the reference optimiser {DEFAULT_REFERENCE!r} has no runs here "
                             "(choose one with --reference).")

@@ -48,6 +48,12 @@ NOTES = (
     "steps this optimiser needs, on the mean curves at the evaluated steps; '>x' when the reference never "
     "reaches it within its x times as many steps; '-' for the reference itself.",
     "final/best: mean over seeds of final / best test loss (1 = no backsliding).",
+    "Optimizer names carry every hyperparameter that differs from the optimiser's defaults, and 'lr' gives "
+    "the learning rate, default or not ('-': none); csv and json give all hyperparameters "
+    "('hyperparameters'), with the code fingerprint and protocol version of the runs.",
+    "time/run, time/step: mean wall time of a run and of one learner step in it (seeds batched into one "
+    "computation share its time equally), on the machines named in the runs' provenance; meta-training "
+    "time is apart.",
     "Paired comparisons: seeds are paired by seed index (same initialisation and batches); Wilcoxon "
     "signed-rank test on final test loss, two-sided, alpha 0.05; a diverged seed is worse than any "
     "finished one. With fewer than 6 differing pairs no difference can reach p < 0.05.",
@@ -81,6 +87,26 @@ class Group:
             if isinstance(meta, Mapping):
                 return dict(meta)
         return None
+
+    @property
+    def hyperparameters(self) -> dict[str, Any] | None:
+        """Every resolved hyperparameter of the runs (defaults filled in)."""
+        hparams = self.records[0].optimizer_config.get("hparams")
+        return dict(hparams) if isinstance(hparams, Mapping) else None
+
+    @property
+    def code(self) -> tuple[str | None, int | None]:
+        """(code fingerprint, protocol version) of the runs; None where an older
+        l2lbench stored them without."""
+        return code_version(self.records[0])
+
+    def wall_times(self) -> tuple[float, float]:
+        """Mean wall time per run (s) and per learner step (s) over the finished runs.
+
+        Seeds that ran batched as one computation share its time equally."""
+        total = sum(r.wall_time_s for r in self.records)
+        steps = sum(len(r.train_loss) for r in self.records)
+        return total / len(self.records), (total / steps if steps else math.nan)
 
     @property
     def task_steps(self) -> int | None:
@@ -145,19 +171,56 @@ def setting_of(task: str, dataset: str | None) -> str:
     return task
 
 
-def _display_names(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """hash -> name, with the hash appended where one name stands for several hashes."""
+def code_version(record: RunRecord) -> tuple[str | None, int | None]:
+    """(code fingerprint, protocol version) a run was stored with (see l2lbench.codeid)."""
+    config = record.optimizer_config
+    code = config.get("code")
+    fingerprint = code.get("fingerprint") if isinstance(code, Mapping) else None
+    protocol = config.get("protocol")
+    return fingerprint, protocol if isinstance(protocol, int) else None
+
+
+def optimizer_label(record: RunRecord) -> str:
+    """The optimiser's name with its non-default hyperparameters (``lion(lr=0.0001)``);
+    the stored name for runs stored before labels were."""
+    label = record.optimizer_config.get("display_name")
+    return label if isinstance(label, str) and label else record.optimizer_name
+
+
+def _display_names(pairs: Iterable[tuple[str, str]], versions: Mapping[str, str] | None = None) -> dict[str, str]:
+    """hash -> name; where one name stands for several hashes, the code version
+    (``versions``: hash -> e.g. "code 1a2b3c4d, protocol 1") tells them apart where it
+    differs, else the hash."""
     names: dict[str, str] = dict(pairs)
-    count: dict[str, int] = defaultdict(int)
-    for name in names.values():
-        count[name] += 1
-    return {h: (n if count[n] == 1 else f"{n} [{h[:8]}]") for h, n in names.items()}
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for key, name in names.items():
+        by_name[name].append(key)
+    out = {}
+    for name, keys in by_name.items():
+        if len(keys) == 1:
+            out[keys[0]] = name
+            continue
+        counts = defaultdict(int)
+        for key in keys:
+            counts[(versions or {}).get(key)] += 1
+        for key in keys:
+            version = (versions or {}).get(key)
+            tag = version if version and len(counts) > 1 and counts[version] == 1 else key[:8]
+            out[key] = f"{name} [{tag}]"
+    return out
+
+
+def _version_text(record: RunRecord) -> str:
+    fingerprint, protocol = code_version(record)
+    return f"code {fingerprint[:8] if fingerprint else 'unknown'}, protocol {protocol if protocol is not None else 'unknown'}"
 
 
 def group_runs(records: Sequence[RunRecord]) -> dict[str, list[Group]]:
-    """Finished runs grouped by task, then optimiser (by hash: one name never mixes configs)."""
+    """Finished runs grouped by task, then optimiser (by hash: one name never mixes
+    configs or code versions)."""
     tasks = _display_names((r.task_hash, r.task_name) for r in records)
-    optimizers = _display_names((r.optimizer_hash, r.optimizer_name) for r in records)
+    optimizers = _display_names(((r.optimizer_hash, optimizer_label(r)) for r in records),
+                                {r.optimizer_hash: _version_text(r) for r in records})
     buckets: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for record in records:
         if record.status in ("ok", "diverged"):
@@ -206,6 +269,8 @@ def _group_row(group: Group, reference: Group | None, *, worst: float, seed: int
             up = stats.speed_up(steps, curves.mean(axis=0), ref_steps, ref_curves.mean(axis=0))
     meta = group.meta_training or {}
     n = len(group.records)
+    per_run, per_step = group.wall_times()
+    fingerprint, protocol = group.code
     return {
         "task": group.task,
         "optimizer": group.optimizer,
@@ -227,6 +292,12 @@ def _group_row(group: Group, reference: Group | None, *, worst: float, seed: int
         "speedup_lower_bound": bool(up and up.lower_bound),
         "stability": stats.stability(finals, np.asarray([b[0] for b in bests])),
         "rank_loss": stats.penalised_mean(np.asarray(list(group.finals().values())), worst),
+        "time_per_run_s": per_run,
+        "time_per_step_s": per_step,
+        "lr": (group.hyperparameters or {}).get("lr"),
+        "hyperparameters": group.hyperparameters,
+        "code": fingerprint,
+        "protocol": protocol,
         "task_steps": group.task_steps,
         "meta_datasets": ",".join(map(str, meta.get("datasets", []))) if meta else None,
         "meta_horizon": meta.get("horizon"),
@@ -486,6 +557,12 @@ def _blank(value: Any) -> str:
     return "" if _missing(value) else num(value)
 
 
+def _lr(value: Any) -> str:
+    # The learning rate beside every name, defaults too: the knob most comparisons hinge on.
+    number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and not _missing(value)
+    return f"{value:g}" if number else "-"
+
+
 def leaderboard_display(board: pd.DataFrame, reference: str | None) -> pd.DataFrame:
     """One task's leaderboard as text cells."""
     rows = []
@@ -494,6 +571,7 @@ def leaderboard_display(board: pd.DataFrame, reference: str | None) -> pd.DataFr
         rows.append({
             "rank": num(row["rank"], 3),
             "optimizer": row["optimizer"],
+            "lr": _lr(row["lr"]),
             "seeds": str(row["seeds"]),
             "final test loss [95% CI]": _estimate(row["final_loss"], row["final_loss_low"], row["final_loss_high"]),
             "final test acc [95% CI]": _estimate(row["final_accuracy"], row["final_accuracy_low"], row["final_accuracy_high"]),
@@ -502,6 +580,8 @@ def leaderboard_display(board: pd.DataFrame, reference: str | None) -> pd.DataFr
             f"speed-up vs {reference or '-'}": _speedup(row, reference),
             "final/best": num(row["stability"], 3),
             "diverged": f"{row['diverged']}/{row['seeds']}",
+            "time/run (s)": num(row["time_per_run_s"], 3),
+            "time/step (ms)": num(row["time_per_step_s"] * 1000, 3),
             "meta-train horizon": _horizon(row),
             "meta-train time (s)": _blank(row["meta_time_s"]),
         })
@@ -765,7 +845,12 @@ def to_json(report: Report) -> str:
 
 
 def to_csv(frame: pd.DataFrame) -> str:
-    """A table as CSV; floats are written with repr, so they read back exactly."""
+    """A table as CSV; floats are written with repr, so they read back exactly, and
+    tables (the hyperparameters) as JSON."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if frame[column].map(lambda v: isinstance(v, Mapping)).any():
+            frame[column] = frame[column].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, Mapping) else v)
     return frame.to_csv(index=False)
 
 
