@@ -2,19 +2,24 @@
 
 Exit codes: 0 success; 2 bad usage or input (one line naming the bad value and the valid
 choices); 1 a failure while running (e.g. some runs failed: they are stored as failed
-and the rest of the suite still ran). ``--debug`` shows tracebacks.
+and the rest of the suite still ran); 128 + the signal's number when stopped by Ctrl-C
+(130), SIGTERM (143) or SIGHUP (129), with the runs finished before it stored. ``--debug``
+shows tracebacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
-from .errors import L2LBenchError, UsageError
+from .errors import L2LBenchError, Stopped, UsageError
 
 DEFAULT_RESULTS = "results"
 
@@ -167,20 +172,52 @@ def cmd_bench(args: argparse.Namespace) -> int:
 COMMANDS = {"bench": cmd_bench, "run": cmd_run, "list": cmd_list, "data": cmd_data, "meta-train": cmd_meta_train, "report": cmd_report}
 
 
+#: Signals that stop a command the way Ctrl-C does: finished runs kept, exit 128 + signal.
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Turn the stop signals into :class:`Stopped` in the main thread (elsewhere, e.g. in a
+    test's thread, signals cannot be handled and nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped(signum)
+
+    previous = {}
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):
+            number = getattr(signal, name)
+            previous[number] = signal.signal(number, stop)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("L2LBENCH_DEBUG") == "1"
     try:
-        args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        with _stop_on_signals():
+            args = build_parser().parse_args(argv)
+            return COMMANDS[args.command](args)
     except L2LBenchError as exc:
         if debug:
             raise
         print(f"l2lbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("l2lbench: interrupted; finished runs are stored, run the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        stored = exc.stored if isinstance(exc, Stopped) else None
+        done = f"{stored} runs finished and stored by this command" if stored is not None else "finished runs are stored"
+        print(f"l2lbench: stopped by {signal.Signals(signum).name}; {done}; run the same command to resume",
+              file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -40,3 +40,17 @@ class RunError(L2LBenchError):
 
 class CheckpointError(UsageError):
     """A checkpoint that cannot be loaded safely or does not match the optimiser asked for."""
+
+
+class Stopped(KeyboardInterrupt):
+    """The command was told to stop: Ctrl-C, ``SIGTERM`` or ``SIGHUP`` (see
+    :func:`l2lbench.cli.main`). A ``KeyboardInterrupt`` that is not this one was raised by
+    a plug-in itself, and fails only that plug-in's runs.
+
+    ``stored``: how many runs this command had finished and stored, where it counts them.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.stored: int | None = None

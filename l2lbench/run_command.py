@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .argtypes import csv_list, positive_int
-from .errors import RunError, UsageError
+from .errors import RunError, Stopped, UsageError
 
 WORKERS_ENV = "L2LBENCH_WORKERS"
 
@@ -115,7 +115,7 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
         names = [o.name for o in suite.optimizers] + [
             e.name for e in registry.entries() if e.kind == PLUG_IN and e.name not in builtin
         ]
-    pairs = suite_runs(suite, registry, task_patterns=args.tasks, optimizer_names=names)
+    pairs = suite_runs(suite, registry, task_patterns=args.tasks, optimizer_names=names, device=device)
     for name, path in args.checkpoint:
         hits = [i for i, (_, o) in enumerate(pairs) if o.name == name]
         if not hits:
@@ -144,16 +144,22 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
     plugins = tuple(args.plugin)
     jobs = with_meta_training(jobs, results_dir=Path(args.results), data_dir=data_dir, device=device,
                               executor=executor, plugins=plugins, log=say, retrain=args.rerun)
+    stored = [0]  # finished runs stored so far: what a stop signal reports
     with tqdm(total=total, unit="run", disable=None, dynamic_ncols=True) as bar:
         def done(job, records):
             bar.update(len(records))
+            stored[0] += sum(r.status != "failed" for r in records)
             if args.verbose:
                 states = ", ".join(f"seed {r.seed} {r.status}" for r in records)
                 bar.write(f"{job.label}: {states} ({sum(r.wall_time_s for r in records):.1f}s)")
 
-        summary = run_jobs(jobs, store, data_dir=data_dir, device=device, vectorize=not args.no_batch,
-                           executor=executor, plugins=plugins, on_job_done=done, run_timeout=args.run_timeout,
-                           replace=args.rerun)
+        try:
+            summary = run_jobs(jobs, store, data_dir=data_dir, device=device, vectorize=not args.no_batch,
+                               executor=executor, plugins=plugins, on_job_done=done, run_timeout=args.run_timeout,
+                               replace=args.rerun)
+        except Stopped as exc:
+            exc.stored = stored[0]
+            raise
     say(
         f"done: {summary.ok} ok, {summary.diverged} diverged, {len(summary.failed)} failed, "
         f"{skipped} skipped; results in {store.path}"

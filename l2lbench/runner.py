@@ -36,15 +36,16 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
-from .errors import L2LBenchError, PluginError, UsageError
+from .errors import L2LBenchError, PluginError, Stopped, UsageError
 from .learned.cache import build_for_meta_test, ensure_meta_trained
 from .learner import FunctionalLearner
 from .native.build import start_recording as start_native_recording
+from .native.build import load as native_load
 from .native.build import status as native_status
 from .optim.base import capability
 from .optim.registry import OptimizerRegistry, ResolvedOptimizer
 from .optim.spec import OptimizerSpec
-from .parallel import Executor, worker_registry
+from .parallel import Executor, run_threads, worker_registry
 from .provenance import provenance
 from .store import ResultsStore, RunRecord
 from .suite import Suite
@@ -76,8 +77,26 @@ class RunSummary:
 
 
 # What a plug-in may raise without ending the benchmark: any error, and sys.exit() too.
-# KeyboardInterrupt (Ctrl-C) and RunTimeout are handled apart.
+# KeyboardInterrupt (Ctrl-C) and RunTimeout are handled apart (see own_interrupts).
 _PLUGIN_FAULTS = (Exception, SystemExit)
+
+
+class PluginInterrupt(RuntimeError):
+    """A ``KeyboardInterrupt`` that a plug-in raised itself: a fault of its own runs."""
+
+
+@contextmanager
+def own_interrupts(name: str) -> Iterator[None]:
+    """Turn a ``KeyboardInterrupt`` raised inside ``name``'s code into a fault of its own
+    runs; a real stop (Ctrl-C, SIGTERM, SIGHUP: :class:`Stopped`) still stops everything.
+    Worker processes ignore the stop signals (the parent decides), so there a
+    ``KeyboardInterrupt`` is always the plug-in's."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Stopped):
+            raise
+        raise PluginInterrupt(f"optimizer {name!r} raised KeyboardInterrupt (a plug-in may not stop the benchmark)") from None
 
 
 class RunTimeout(BaseException):
@@ -195,10 +214,12 @@ class _Checked:
         return getattr(self._optimizer, attribute)
 
     def init(self, *args: Any, **kwargs: Any) -> Any:
-        return self._optimizer.init(*args, **kwargs)
+        with own_interrupts(self._name):
+            return self._optimizer.init(*args, **kwargs)
 
     def update(self, grads: Any, state: Any, params: Mapping[str, torch.Tensor], context: Any) -> Any:
-        result = self._optimizer.update(grads, state, params, context)
+        with own_interrupts(self._name):
+            result = self._optimizer.update(grads, state, params, context)
         if not isinstance(result, tuple) or len(result) != 2:
             raise PluginError(
                 f"optimizer {self._name!r}: update returned {type(result).__name__}, expected a pair (new_params, new_state)"
@@ -263,11 +284,14 @@ class PortableOptimizer:
     def of(cls, optimizer: ResolvedOptimizer) -> "PortableOptimizer":
         return cls(optimizer.spec, optimizer.meta_training, optimizer.checkpoint, optimizer.checkpoint_digest)
 
-    def resolve(self, plugins: tuple[str, ...]) -> ResolvedOptimizer:
+    def resolve(self, plugins: tuple[str, ...], device: torch.device) -> ResolvedOptimizer:
+        """The optimiser as this process builds it; its numerics are this process's own, so
+        a worker that cannot take the parent's form stores its runs under their true key."""
         resolved = worker_registry(plugins).resolve(self.spec)
-        return dataclasses.replace(
+        resolved = dataclasses.replace(
             resolved, meta_training=self.meta_training, checkpoint=self.checkpoint, checkpoint_digest=self.checkpoint_digest
         )
+        return dataclasses.replace(resolved, numerics=numerics(resolved, device))
 
 
 def with_meta_training(
@@ -294,8 +318,9 @@ def with_meta_training(
     if executor.in_process:
         for key, optimizer in needed.items():
             try:
-                ready[key] = ensure_meta_trained(optimizer, results_dir=results_dir, data_dir=data_dir, device=device,
-                                                 log=log, force=retrain)
+                with own_interrupts(optimizer.name):
+                    ready[key] = ensure_meta_trained(optimizer, results_dir=results_dir, data_dir=data_dir,
+                                                     device=device, log=log, force=retrain)
             except L2LBenchError:
                 raise  # bad input (no meta-training config, unwritable cache): stop, exit 2
             except _PLUGIN_FAULTS as exc:  # the plug-in's fault: its runs fail, the others go on
@@ -325,14 +350,15 @@ def _meta_train_in_worker(
 ) -> tuple[Path | None, list[str], str | None]:
     lines: list[str] = []
     try:
-        optimizer = item[1].resolve(plugins)
+        optimizer = item[1].resolve(plugins, torch.device(device))
     except (L2LBenchError, *_PLUGIN_FAULTS) as exc:
         return None, lines, _unresolvable(item[1], plugins, exc)
     try:
-        ready = ensure_meta_trained(
-            optimizer, results_dir=results_dir, data_dir=data_dir, device=torch.device(device), progress=False,
-            log=lines.append, force=retrain,
-        )
+        with own_interrupts(optimizer.name):
+            ready = ensure_meta_trained(
+                optimizer, results_dir=results_dir, data_dir=data_dir, device=torch.device(device), progress=False,
+                log=lines.append, force=retrain,
+            )
     except L2LBenchError:
         raise
     except _PLUGIN_FAULTS as exc:
@@ -351,6 +377,13 @@ def execute_job(
             A run past its limit is stopped (see :func:`time_limit`) and recorded as
             failed with the reason ``exceeded --run-timeout Ns``.
     """
+    with run_threads():  # the numbers must not depend on where the job runs
+        return _execute_job(job, data_dir=data_dir, device=device, vectorize=vectorize, run_timeout=run_timeout)
+
+
+def _execute_job(
+    job: RunJob, *, data_dir: Path, device: torch.device, vectorize: bool, run_timeout: float | None
+) -> list[RunRecord]:
     info = provenance(device)
     if job.failure is not None:
         return [_failed(job, seed, job.failure, info) for seed in job.seeds]
@@ -468,7 +501,7 @@ def _execute_in_worker(
 ) -> list[RunRecord] | str:
     _, optimizer, task, seeds = item
     try:
-        resolved = optimizer.resolve(plugins)
+        resolved = optimizer.resolve(plugins, torch.device(device))
     except (L2LBenchError, *_PLUGIN_FAULTS) as exc:
         return _unresolvable(optimizer, plugins, exc)
     job = RunJob(task, resolved, seeds)
@@ -498,11 +531,13 @@ def suite_runs(
     *,
     task_patterns: list[str] | None = None,
     optimizer_names: list[str] | None = None,
+    device: torch.device = torch.device("cpu"),
 ) -> list[tuple[TaskSpec, ResolvedOptimizer]]:
-    """The (task, resolved optimiser) pairs a ``run`` of ``suite`` covers.
+    """The (task, resolved optimiser) pairs a ``run`` of ``suite`` on ``device`` covers.
 
     Names not in the suite are registry entries with default hyperparameters; learned
-    optimisers get the suite's meta-training for each task.
+    optimisers get the suite's meta-training for each task; every optimiser its
+    :func:`numerics` on ``device``.
     """
     specs = None
     if optimizer_names:
@@ -517,8 +552,20 @@ def suite_runs(
         optimizer = resolved[id(spec)]
         if _is_learned(optimizer):
             optimizer = dataclasses.replace(optimizer, meta_training=suite.meta_training_for(spec, task))
-        pairs.append((task, optimizer))
+        pairs.append((task, dataclasses.replace(optimizer, numerics=numerics(optimizer, device))))
     return pairs
+
+
+def numerics(optimizer: ResolvedOptimizer, device: torch.device) -> str:
+    """Where an optimiser's numbers are computed, as far as that changes their rounding:
+    the device type and, for a learned optimiser on a CPU, whether its LSTM runs in the C
+    kernels (``+native``) or in PyTorch operations (``+pytorch``: ``L2LBENCH_NATIVE=0``, no
+    compiler). The two forms agree to float rounding only, which meta-training amplifies
+    into another optimiser, so they are keyed apart. (Thread counts are fixed instead:
+    :data:`l2lbench.parallel.RUN_THREADS`.)"""
+    if device.type != "cpu" or not _is_learned(optimizer):
+        return device.type
+    return "cpu+native" if native_load("lstm") is not None else "cpu+pytorch"
 
 
 def _is_learned(optimizer: ResolvedOptimizer) -> bool:

@@ -145,3 +145,16 @@ OPTIMIZERS = {
     "exits": Exits,
     "fails-to-meta-train": FailsToMetaTrain,
 }
+
+
+class Interrupts:
+    """Raises KeyboardInterrupt itself in update: a fault of its own runs, not a stop."""
+
+    def init(self, params, *, generator=None):
+        return ()
+
+    def update(self, grads, state, params, context):
+        raise KeyboardInterrupt
+
+
+OPTIMIZERS["interrupts"] = Interrupts

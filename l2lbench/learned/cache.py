@@ -19,6 +19,7 @@ from .. import codeid
 from ..errors import CheckpointError, UsageError
 from ..optim.base import capability
 from ..optim.registry import ResolvedOptimizer
+from ..parallel import run_threads
 from ..provenance import provenance
 from .checkpoint import Checkpoint, file_digest, load_checkpoint, save_checkpoint
 from .train import meta_train
@@ -73,7 +74,8 @@ def ensure_meta_trained(
             log(f"{optimizer.name}: cached checkpoint unusable ({exc}); meta-training again")
     spec = optimizer.meta_training
     log(f"{optimizer.name}: meta-training on {spec.name} ...")
-    result = meta_train(optimizer.build(), spec, data_dir=data_dir, device=device, progress=progress)
+    with run_threads():  # as every run: its numbers must not depend on where it runs
+        result = meta_train(optimizer.build(), spec, data_dir=data_dir, device=device, progress=progress)
     checkpoint = Checkpoint(
         entry=optimizer.entry.name,
         hparams=dict(optimizer.hparams),

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace, *, registry: Any, data_dir: Path) -> int:
     settings = {"steps": args.steps, "trials": args.trials, "unroll": args.unroll, "lr": args.lr,
                 "batch_size": args.batch_size, "seed": args.seed, "param_noise": True if args.param_noise else None}
     settings = {k: v for k, v in settings.items() if v is not None}
-    optimizers = _from_suite(args, registry, settings) if args.suite else [_from_flags(args, registry, settings)]
+    optimizers = _from_suite(args, registry, settings, device) if args.suite else [_from_flags(args, registry, settings, device)]
     for optimizer in optimizers:
         if not _learned_entry(registry, optimizer.entry.name):
             learned = [e.name for e in registry.entries() if _learned_entry(registry, e.name)]
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace, *, registry: Any, data_dir: Path) -> int:
     return 0
 
 
-def _from_flags(args: argparse.Namespace, registry: Any, settings: dict[str, Any]) -> Any:
+def _from_flags(args: argparse.Namespace, registry: Any, settings: dict[str, Any], device: Any) -> Any:
     """The optimiser meta-trained on the ``--tasks`` datasets with the flags' settings."""
     import dataclasses
 
@@ -100,11 +100,14 @@ def _from_flags(args: argparse.Namespace, registry: Any, settings: dict[str, Any
     if not args.tasks:
         raise UsageError("meta-train needs training tasks (expected --tasks mnist[,kmnist] or --suite NAME)")
     spec = MetaTrainingSpec.from_config({"tasks": args.tasks, **settings})
+    from ..runner import numerics
+
     optimizer = registry.resolve(OptimizerSpec(args.optimizer, tuple(sorted(dict(args.settings).items()))))
-    return dataclasses.replace(optimizer, meta_training=spec)
+    optimizer = dataclasses.replace(optimizer, meta_training=spec)
+    return dataclasses.replace(optimizer, numerics=numerics(optimizer, device))
 
 
-def _from_suite(args: argparse.Namespace, registry: Any, settings: dict[str, Any]) -> list[Any]:
+def _from_suite(args: argparse.Namespace, registry: Any, settings: dict[str, Any], device: Any) -> list[Any]:
     """The optimisers a ``run`` of the suite would meta-train (so that it then finds them
     cached): the suite's own resolution, for the tasks ``--tasks`` selects (all if none;
     one meta-training each where the suite meta-trains per task)."""
@@ -126,7 +129,7 @@ def _from_suite(args: argparse.Namespace, registry: Any, settings: dict[str, Any
         spec = dataclasses.replace(spec, hparams=tuple(sorted(hparams.items())))
     suite = dataclasses.replace(suite, optimizers=(spec,))
     distinct: dict[str, Any] = {}
-    for _, optimizer in suite_runs(suite, registry, task_patterns=args.tasks):
+    for _, optimizer in suite_runs(suite, registry, task_patterns=args.tasks, device=device):
         if optimizer.meta_training is None:
             raise UsageError(f"suite {suite.name!r} has no [meta_training] table for {spec.name!r} "
                              "(expected one, or meta-train with --tasks DATASETS and no --suite)")

@@ -103,7 +103,8 @@ class ResolvedOptimizer:
     """An optimiser config bound to its entry: full hyperparameters and store key.
 
     The key covers the entry, every hyperparameter (defaults filled in), the code's
-    identity and the benchmark protocol version (:mod:`l2lbench.codeid`). A learned
+    identity and the benchmark protocol version (:mod:`l2lbench.codeid`), and where its
+    numbers are computed (``numerics``, set by the runner). A learned
     optimiser is identified by its meta-parameters too: by the meta-training that produces
     them (``meta_training``, a :class:`~l2lbench.learned.spec.MetaTrainingSpec`) or, for a
     checkpoint given by the user, by the checkpoint file's digest. ``checkpoint`` is the
@@ -116,6 +117,9 @@ class ResolvedOptimizer:
     meta_training: Any = None
     checkpoint: Path | None = None
     checkpoint_digest: str | None = None
+    # Where the numbers are computed, where that changes their rounding (see
+    # l2lbench.runner.numerics): "cpu", "cuda", "cpu+native", "cpu+pytorch".
+    numerics: str | None = None
 
     @property
     def name(self) -> str:
@@ -123,12 +127,12 @@ class ResolvedOptimizer:
 
     @property
     def hash(self) -> str:
-        code = key_part(self.entry.code)
+        meta = {"numerics": self.numerics} if self.numerics is not None else {}
         if self.meta_training is not None:
-            return config_hash(self.entry.name, self.hparams, code, meta_training=self.meta_training.hash)
-        if self.checkpoint_digest is not None:
-            return config_hash(self.entry.name, self.hparams, code, checkpoint=self.checkpoint_digest)
-        return config_hash(self.entry.name, self.hparams, code)
+            meta["meta_training"] = self.meta_training.hash
+        elif self.checkpoint_digest is not None:
+            meta["checkpoint"] = self.checkpoint_digest
+        return config_hash(self.entry.name, self.hparams, key_part(self.entry.code), **meta)
 
     @property
     def non_default(self) -> dict[str, Any]:
@@ -154,6 +158,8 @@ class ResolvedOptimizer:
             config["meta_training"] = self.meta_training.config()
         if self.checkpoint_digest is not None:
             config["checkpoint"] = {"path": str(self.checkpoint), "digest": self.checkpoint_digest}
+        if self.numerics is not None:
+            config["numerics"] = self.numerics
         return config
 
     def build(self) -> Any:

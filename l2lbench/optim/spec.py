@@ -136,9 +136,9 @@ def config_hash(entry: str, resolved: Mapping[str, Any], code: Mapping[str, Any]
     """The key of an optimiser config in the results store.
 
     ``code`` is the code identity's key part (:func:`l2lbench.codeid.key_part`: the code
-    fingerprint, distribution and protocol version); ``meta`` identifies a learned
-    optimiser's meta-parameters (``meta_training=<spec hash>`` or ``checkpoint=<file
-    digest>``).
+    fingerprint, distribution and protocol version); ``meta`` holds the rest: where the
+    numbers are computed (``numerics``) and a learned optimiser's meta-parameters
+    (``meta_training=<spec hash>`` or ``checkpoint=<file digest>``).
     """
     key: dict[str, Any] = {"entry": entry, "hparams": dict(resolved)}
     if code is not None:

@@ -212,7 +212,9 @@ def _display_names(pairs: Iterable[tuple[str, str]], versions: Mapping[str, str]
 
 def _version_text(record: RunRecord) -> str:
     fingerprint, protocol = code_version(record)
-    return f"code {fingerprint[:8] if fingerprint else 'unknown'}, protocol {protocol if protocol is not None else 'unknown'}"
+    numerics = record.optimizer_config.get("numerics")
+    return (f"code {fingerprint[:8] if fingerprint else 'unknown'}, protocol {protocol if protocol is not None else 'unknown'}"
+            + (f", {numerics}" if isinstance(numerics, str) else ""))
 
 
 def group_runs(records: Sequence[RunRecord]) -> dict[str, list[Group]]:
@@ -298,6 +300,7 @@ def _group_row(group: Group, reference: Group | None, *, worst: float, seed: int
         "hyperparameters": group.hyperparameters,
         "code": fingerprint,
         "protocol": protocol,
+        "numerics": group.records[0].optimizer_config.get("numerics"),
         "task_steps": group.task_steps,
         "meta_datasets": ",".join(map(str, meta.get("datasets", []))) if meta else None,
         "meta_horizon": meta.get("horizon"),
