@@ -37,6 +37,16 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _gibibytes(value: str) -> int:
+    try:
+        gib = float(value)
+    except ValueError:
+        gib = math.nan
+    if not (math.isfinite(gib) and 0.25 <= gib <= 2 ** 20):
+        raise argparse.ArgumentTypeError(f"invalid value {value!r} (expected GiB between 0.25 and 1048576, e.g. 4)")
+    return int(gib * 2 ** 30)
+
+
 def _assignment(value: str) -> tuple[str, str]:
     name, sep, path = value.partition("=")
     if not sep or not name.strip() or not path.strip():
@@ -57,7 +67,10 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--no-batch", action="store_true", help="run seeds one by one instead of batched with vmap")
     run.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
                      help=f"worker processes (default: ${WORKERS_ENV}, else auto = one per core)")
-    run.add_argument("--backend", default="loky", help="loky (processes on this machine) or dask (a cluster)")
+    run.add_argument("--backend", default="local", help="local (processes on this machine) or dask (a cluster)")
+    run.add_argument("--max-memory", type=_gibibytes, metavar="GiB",
+                     help="memory each local worker process may take; past it the run that allocates fails "
+                          "(default: 90%% of this machine's memory shared between the workers)")
     run.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address for --backend dask")
     run.add_argument("--run-timeout", type=_seconds, metavar="SECONDS",
                      help="stop any run that takes longer and record it as failed (default: no limit)")
@@ -95,7 +108,8 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
     from tqdm import tqdm
 
     from .learned.cache import use_checkpoint_file
-    from .optim.registry import PLUG_IN
+    from .optim.registry import BUILT_IN, PLUG_IN
+    from .parallel import default_max_memory
     from .parallel import Executor
     from .runner import plan, resolve_device, run_jobs, suite_runs, with_meta_training
     from .store import ResultsStore
@@ -107,7 +121,7 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
     meta = {k: v for k, v in (("trials", args.meta_trials), ("steps", args.meta_steps), ("unroll", args.meta_unroll)) if v}
     suite = load_suite(args.suite).with_overrides(steps=args.steps, meta=meta or None)
     workers = args.workers or _default_workers()
-    executor = Executor(workers=workers, backend=args.backend, scheduler=args.scheduler)
+    Executor(workers=workers, backend=args.backend, scheduler=args.scheduler)  # bad options: exit 2 now
     names = args.optimizers
     if names is None and args.plugin:
         # Plug-ins given on the command line run beside the suite's own optimisers.
@@ -116,6 +130,11 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
             e.name for e in registry.entries() if e.kind == PLUG_IN and e.name not in builtin
         ]
     pairs = suite_runs(suite, registry, task_patterns=args.tasks, optimizer_names=names, device=device)
+    # A plug-in's jobs run in a worker process even with --workers 1, where its crash, hang
+    # or memory blow-up fails its own runs instead of the command.
+    executor = Executor(workers=workers, backend=args.backend, scheduler=args.scheduler,
+                        isolate=any(o.entry.kind != BUILT_IN for _, o in pairs),
+                        max_memory=args.max_memory or default_max_memory(workers))
     for name, path in args.checkpoint:
         hits = [i for i, (_, o) in enumerate(pairs) if o.name == name]
         if not hits:

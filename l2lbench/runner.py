@@ -7,14 +7,14 @@ interruption and a re-run computes only what is missing. A plug-in that raises, 
 parameters of the wrong names, shapes or dtypes, fails to meta-train, or runs past the
 per-run time limit is recorded as failed runs (with the reason) and the suite goes on.
 
-The time limit (``run_timeout``, ``--run-timeout``) interrupts the run where it runs, see
-:func:`time_limit`: a SIGALRM timer when the job runs in the main thread of a process (in
-this process, or in a loky worker process), an asynchronous exception when it runs in
+The time limit (``run_timeout``, ``--run-timeout``) first asks the run to stop where it
+runs, see :func:`time_limit`: a SIGALRM timer when the job runs in the main thread of a
+process (this one, or a local worker process), an asynchronous exception when it runs in
 another thread (a Dask worker). Both stop Python code, and the timer also stops blocking
-calls such as ``time.sleep``; a call that never returns from C code cannot be stopped
-this way. The alternative, one process per job killed at the deadline, would stop
-anything but costs a process start (and a torch import) per job and cannot run on the
-Dask workers' threads; plug-ins are Python, so the signal is the better trade.
+calls such as ``time.sleep``. A run that does not stop when asked (it swallows every
+exception, or never returns from C code) has its worker process ended at
+:func:`hard_time_limit` (local workers, where plug-ins always run; see
+:mod:`l2lbench.parallel`), and its runs are recorded as failed all the same.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from .native.build import status as native_status
 from .optim.base import capability
 from .optim.registry import OptimizerRegistry, ResolvedOptimizer
 from .optim.spec import OptimizerSpec
-from .parallel import Executor, run_threads, worker_registry
+from .parallel import Executor, WorkerLost, run_threads, worker_registry
 from .provenance import provenance
 from .store import ResultsStore, RunRecord
 from .suite import Suite
@@ -327,9 +327,12 @@ def with_meta_training(
                 failures[key] = f"meta-training failed: {_describe(exc)}"
     else:
         items = [(key, PortableOptimizer.of(o)) for key, o in needed.items()]
-        for (key, _), (path, lines, failure) in executor.map(
+        for (key, _), outcome in executor.map(
             _meta_train_in_worker, items, plugins, results_dir, data_dir, str(device), retrain
         ):
+            if isinstance(outcome, WorkerLost):  # the plug-in took its worker process down
+                outcome = (None, [], f"meta-training failed: {outcome.reason}")
+            path, lines, failure = outcome
             for line in lines:
                 log(line)
             if failure is None:
@@ -472,9 +475,10 @@ def run_jobs(
             (i, PortableOptimizer.of(job.optimizer), job.task, job.seeds) for i, job in enumerate(jobs) if job.failure is None
         ]
         results = itertools.chain(failed, (
-            (jobs[item[0]], _records(jobs[item[0]], outcome, device))
+            (jobs[item[0]], _records(jobs[item[0]], outcome, device, run_timeout))
             for item, outcome in executor.map(
-                _execute_in_worker, portable, plugins, data_dir, str(device), vectorize, run_timeout
+                _execute_in_worker, portable, plugins, data_dir, str(device), vectorize, run_timeout,
+                time_limit=lambda item: hard_time_limit(run_timeout, len(item[3])),
             )
         ))
     for job, records in results:
@@ -508,8 +512,25 @@ def _execute_in_worker(
     return execute_job(job, data_dir=data_dir, device=torch.device(device), vectorize=vectorize, run_timeout=run_timeout)
 
 
-def _records(job: RunJob, outcome: list[RunRecord] | str, device: torch.device) -> list[RunRecord]:
-    """A worker's records, or a failed record per seed when it could not build the optimiser."""
+HARD_LIMIT_GRACE_S = 10.0  # beyond the runs' own limits: loading the data, the first imports
+
+
+def hard_time_limit(run_timeout: float | None, seeds: int) -> float | None:
+    """When a job's process is ended if its runs did not stop when asked (--run-timeout):
+    the limits of building the optimiser and of each seed, plus a grace."""
+    return None if run_timeout is None else run_timeout * (seeds + 1) + HARD_LIMIT_GRACE_S
+
+
+def _records(
+    job: RunJob, outcome: list[RunRecord] | str | WorkerLost, device: torch.device, run_timeout: float | None = None
+) -> list[RunRecord]:
+    """A worker's records, or a failed record per seed when it could not build the
+    optimiser or its process was lost."""
+    if isinstance(outcome, WorkerLost):
+        if outcome.timed_out and run_timeout is not None:
+            outcome = f"{timeout_reason(run_timeout)} (it did not stop when asked; its process was ended)"
+        else:
+            outcome = outcome.reason
     if isinstance(outcome, str):
         return [_failed(job, seed, outcome, provenance(device)) for seed in job.seeds]
     return outcome

@@ -158,3 +158,62 @@ class Interrupts:
 
 
 OPTIMIZERS["interrupts"] = Interrupts
+
+
+class ExitsProcess:
+    """Ends its whole process at update (os._exit): only its own runs may fail."""
+
+    def init(self, params, *, generator=None):
+        return ()
+
+    def update(self, grads, state, params, context):
+        import os
+
+        os._exit(3)
+
+
+class SwallowsEverything:
+    """Hangs in update and swallows every exception, the time limit's too."""
+
+    def init(self, params, *, generator=None):
+        return ()
+
+    def update(self, grads, state, params, context):
+        while True:
+            try:
+                time.sleep(3600)
+            except BaseException:
+                pass
+
+
+class StartsThread:
+    """Plain SGD that starts a non-daemon thread that never ends."""
+
+    def init(self, params, *, generator=None):
+        import threading
+
+        threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
+        return ()
+
+    def update(self, grads, state, params, context):
+        return {k: p - 0.01 * grads[k] for k, p in params.items()}, state
+
+
+HOARD: list = []
+
+
+class Hoards:
+    """Allocates 256 MiB more at every update and never lets go."""
+
+    def init(self, params, *, generator=None):
+        return ()
+
+    def update(self, grads, state, params, context):
+        import torch
+
+        HOARD.append(torch.ones(64 * 2**20))
+        return {k: p - 0.01 * grads[k] for k, p in params.items()}, state
+
+
+OPTIMIZERS.update({"exits-process": ExitsProcess, "swallows-everything": SwallowsEverything,
+                   "starts-thread": StartsThread, "hoards": Hoards})

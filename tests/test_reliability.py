@@ -258,7 +258,7 @@ def _bad_inputs(tmp_path: Path, suite: str) -> list[tuple[list[str], str]]:
         (["--suite", suite, "--steps", "0"], "argument --steps: invalid value '0' (expected a positive integer)"),
         (["--suite", suite, "--steps", "-5"], "argument --steps: invalid value '-5'"),
         (["--suite", suite, "--seeds", "1.5"], "argument --seeds: invalid value '1.5'"),
-        (["--suite", suite, "--backend", "mpi"], "unknown backend 'mpi'; expected one of: loky, dask"),
+        (["--suite", suite, "--backend", "mpi"], "unknown backend 'mpi'; expected one of: local, dask"),
         (["--suite", suite, "--optimizers", "adamx"], "unknown optimizer 'adamx'"),
         (["--suite", suite, "--tasks", "imagenet"], "matches 'imagenet'"),
         (["--suite", suite_file("malformed", "optimizers = [\"sgd\"\n[[tasks]\n")], "malformed.toml: invalid TOML: "),

@@ -162,7 +162,7 @@ def test_dask_backend_on_a_local_cluster(tiny_suite, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--backend", "spark"], "unknown backend 'spark'; expected one of: loky, dask"),
+    (["--backend", "spark"], "unknown backend 'spark'; expected one of: local, dask"),
     (["--backend", "dask"], "the dask backend needs --scheduler ADDRESS"),
     (["--workers", "0"], "argument --workers: invalid value '0'"),
     (["--backend", "dask", "--scheduler", "tcp://127.0.0.1:9"], "cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'"),
