@@ -86,7 +86,11 @@ def resolve_task(name: str | None, data_dir: Path) -> Any:
 def run(args: argparse.Namespace, *, registry: Any = None) -> int:
     import torch
 
+    import dataclasses
+
     from .bench import BenchSpec, format_text, run_bench
+    from .parallel import default_max_memory
+    from .sizing import check_fits, job_size
     from .runner import resolve_device
     from .tasks.datasets import default_data_dir
     from .training import keep_freed_memory
@@ -101,6 +105,11 @@ def run(args: argparse.Namespace, *, registry: Any = None) -> int:
         registry = registry_for(getattr(args, "plugin", []) or [])
     optimizers = {name: registry.resolve(name).build() for name in args.optimizers}
     task = resolve_task(args.task, data_dir)
+    learned = any(getattr(o, "learned", False) for o in optimizers.values())
+    # Refuse a seed count that cannot fit before timing anything (--seeds 100000).
+    timed = dataclasses.replace(task, steps=args.steps)
+    check_fits([(timed, n, job_size(timed, n, learned=learned)) for n in args.seeds], budget=default_max_memory(1),
+               remedy="fewer --seeds or --steps")
     spec = BenchSpec(task=task, steps=args.steps, seeds=tuple(args.seeds), repeats=args.repeats,
                      meta_steps=args.meta_steps, meta_unroll=args.meta_unroll,
                      memory_steps=args.memory_steps, memory_unroll=args.memory_unroll,

@@ -166,6 +166,7 @@ class Executor:
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, wait
         from concurrent.futures import TimeoutError as PastTimeLimit
+        from concurrent.futures.process import BrokenProcessPool
 
         from pebble import ProcessExpired, ProcessPool
 
@@ -190,6 +191,8 @@ class Executor:
                         result = WorkerLost(f"exceeded its time limit of {exc.args[1]:g}s; its process was ended", True)
                     except ProcessExpired as exc:
                         result = WorkerLost(_death(exc.exitcode, self.max_memory))
+                    except BrokenProcessPool as exc:  # no worker could start (e.g. its memory cap)
+                        result = WorkerLost(f"no worker process could run it ({exc})")
                     yield item, result
             pool.close()
         finally:

@@ -27,13 +27,18 @@ def _workers(value: str) -> int:
     return available_cores() if value == "auto" else positive_int(value)
 
 
+MAX_RUN_TIMEOUT_S = 7 * 24 * 3600  # a week: beyond it a "limit" is a typo, and timers overflow
+
+
 def _seconds(value: str) -> float:
     try:
         seconds = float(value)
     except ValueError:
         seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError(f"invalid value {value!r} (expected a positive number of seconds)")
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_RUN_TIMEOUT_S):
+        raise argparse.ArgumentTypeError(
+            f"invalid value {value!r} (expected a positive number of seconds, at most {MAX_RUN_TIMEOUT_S})"
+        )
     return seconds
 
 
@@ -77,6 +82,8 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--rerun", action="store_true",
                      help="recompute the runs (and meta-trainings) the selection covers, replacing stored ones "
                           "once the new ones finish")
+    run.add_argument("--force", action="store_true",
+                     help="run jobs even where their estimated memory or compute does not fit")
     run.add_argument("--verbose", "-v", action="store_true", help="print one line per finished job")
     run.add_argument("--checkpoint", action="append", default=[], type=_assignment, metavar="NAME=PATH",
                      help="meta-test learned optimiser NAME with the meta-parameters in PATH (repeatable)")
@@ -94,6 +101,33 @@ def _default_workers() -> int:
         raise UsageError(f"invalid ${WORKERS_ENV}={value!r} (expected a positive integer or auto)") from None
 
 
+def _sized_executor(args: argparse.Namespace, pairs: list, seeds: int, workers: int, say: Callable[[str], None]) -> Any:
+    """Where the jobs run, once every job (and meta-training) is known to fit: at most as
+    many workers as memory holds, each capped at --max-memory. A plug-in's jobs run in a
+    worker process even with --workers 1, where its crash, hang or memory blow-up fails
+    its own runs instead of the command."""
+    from .optim.registry import BUILT_IN
+    from .parallel import Executor, available_cores, default_max_memory, machine_memory
+    from .sizing import check_fits, job_size, workers_that_fit
+
+    planned = [(t, seeds, o.meta_training is not None or o.checkpoint is not None) for t, o in pairs]
+    planned += [(t, 1, True) for _, o in pairs if o.meta_training is not None for t in o.meta_training.tasks]
+    sizes = [(task, n, job_size(task, n, learned=learned)) for task, n, learned in planned]
+    local = args.backend != "dask"
+    if local and not args.max_memory:
+        largest = max(size.memory for _, _, size in sizes)
+        fitting = workers_that_fit(workers, largest, machine_memory(), available_cores())
+        if fitting < workers:
+            say(f"note: {workers} workers do not fit this machine ({available_cores()} cores, memory for jobs of up "
+                f"to {largest / 2**30:.1f} GiB each); using {fitting}")
+            workers = fitting
+    budget = (args.max_memory or default_max_memory(workers)) if local else None
+    if not args.force:
+        check_fits(sizes, budget=budget)
+    return Executor(workers=workers, backend=args.backend, scheduler=args.scheduler,
+                    isolate=any(o.entry.kind != BUILT_IN for _, o in pairs), max_memory=budget)
+
+
 def run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callable[[str], None] = print) -> int:
     try:
         return _run(args, registry=registry, data_dir=data_dir, say=say)
@@ -108,10 +142,9 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
     from tqdm import tqdm
 
     from .learned.cache import use_checkpoint_file
-    from .optim.registry import BUILT_IN, PLUG_IN
-    from .parallel import default_max_memory
+    from .optim.registry import PLUG_IN
     from .parallel import Executor
-    from .runner import plan, resolve_device, run_jobs, suite_runs, with_meta_training
+    from .runner import check_batches, plan, resolve_device, run_jobs, suite_runs, with_meta_training
     from .store import ResultsStore
     from .suite import load_suite
     from .training import keep_freed_memory
@@ -130,11 +163,6 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
             e.name for e in registry.entries() if e.kind == PLUG_IN and e.name not in builtin
         ]
     pairs = suite_runs(suite, registry, task_patterns=args.tasks, optimizer_names=names, device=device)
-    # A plug-in's jobs run in a worker process even with --workers 1, where its crash, hang
-    # or memory blow-up fails its own runs instead of the command.
-    executor = Executor(workers=workers, backend=args.backend, scheduler=args.scheduler,
-                        isolate=any(o.entry.kind != BUILT_IN for _, o in pairs),
-                        max_memory=args.max_memory or default_max_memory(workers))
     for name, path in args.checkpoint:
         hits = [i for i, (_, o) in enumerate(pairs) if o.name == name]
         if not hits:
@@ -144,11 +172,12 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
         for i in hits:
             pairs[i] = (pairs[i][0], dataclasses.replace(given, spec=pairs[i][1].spec))
     seeds = args.seeds or suite.seeds
+    executor = _sized_executor(args, pairs, seeds, workers, say)
     # Fail fast, before any compute, on data that is missing or corrupt (meta-training too).
     datasets = {t.dataset for t, _ in pairs}
     datasets |= {t.dataset for _, o in pairs if o.meta_training is not None for t in o.meta_training.tasks}
-    for dataset in sorted(datasets, key=lambda d: d.name):
-        dataset.load(data_dir)
+    loaded = {dataset: dataset.load(data_dir) for dataset in sorted(datasets, key=lambda d: d.name)}
+    check_batches(pairs, loaded)
     store = ResultsStore(args.results)
     jobs, skipped = plan(pairs, seeds, store, rerun=args.rerun)
     total = sum(len(j.seeds) for j in jobs)

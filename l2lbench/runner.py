@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
-from .errors import L2LBenchError, PluginError, Stopped, UsageError
+from .errors import ConfigError, L2LBenchError, PluginError, Stopped, UsageError
 from .learned.cache import build_for_meta_test, ensure_meta_trained
 from .learner import FunctionalLearner
 from .native.build import start_recording as start_native_recording
@@ -292,6 +292,17 @@ class PortableOptimizer:
             resolved, meta_training=self.meta_training, checkpoint=self.checkpoint, checkpoint_digest=self.checkpoint_digest
         )
         return dataclasses.replace(resolved, numerics=numerics(resolved, device))
+
+
+def check_batches(pairs: Iterable[tuple[TaskSpec, ResolvedOptimizer]], loaded: Mapping[Any, Any]) -> None:
+    """Refuse, before anything runs, a task (or meta-training task) whose minibatch is
+    larger than its dataset's training split."""
+    tasks = {t for t, _ in pairs} | {t for _, o in pairs if o.meta_training is not None for t in o.meta_training.tasks}
+    for task in sorted(tasks, key=lambda t: t.name):
+        available = len(loaded[task.dataset].train_images)
+        if task.batch_size > available:
+            raise UsageError(f"task {task.name}: batch_size {task.batch_size} is larger than its training split "
+                             f"of {available} images (expected at most {available})")
 
 
 def with_meta_training(
@@ -569,7 +580,7 @@ def suite_runs(
     pairs = []
     for task, spec in suite.pairs(task_patterns, specs):
         if id(spec) not in resolved:
-            resolved[id(spec)] = registry.resolve(spec)
+            resolved[id(spec)] = _validated(registry.resolve(spec), suite)
         optimizer = resolved[id(spec)]
         if _is_learned(optimizer):
             optimizer = dataclasses.replace(optimizer, meta_training=suite.meta_training_for(spec, task))
@@ -587,6 +598,20 @@ def numerics(optimizer: ResolvedOptimizer, device: torch.device) -> str:
     if device.type != "cpu" or not _is_learned(optimizer):
         return device.type
     return "cpu+native" if native_load("lstm") is not None else "cpu+pytorch"
+
+
+def _validated(optimizer: ResolvedOptimizer, suite: Suite) -> ResolvedOptimizer:
+    """``optimizer``, once its factory accepted its hyperparameters: a value the plug-in's
+    own validation refuses (``lr = -1``, ``lr = 1e308``) stops the command now, exit 2,
+    instead of failing every run later. A factory that crashes is the plug-in's fault and
+    fails its runs when they run."""
+    try:
+        optimizer.build()
+    except ConfigError as exc:
+        raise ConfigError(f"{suite.source}: {exc}") from None
+    except _PLUGIN_FAULTS:
+        pass
+    return optimizer
 
 
 def _is_learned(optimizer: ResolvedOptimizer) -> bool:

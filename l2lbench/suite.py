@@ -126,6 +126,8 @@ def parse_suite(text: str, *, name: str, source: str) -> Suite:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid TOML: nested too deeply (expected a suite file)") from None
     try:
         return _build(data, name, source)
     except ConfigError as exc:
@@ -151,7 +153,7 @@ def _build(data: Mapping[str, Any], name: str, source: str) -> Suite:
     tasks = data.get("tasks")
     if not isinstance(tasks, list) or not tasks:
         raise ConfigError(f"invalid tasks: {tasks!r} (expected one or more [[tasks]] tables)")
-    specs = []
+    specs: dict[TaskSpec, None] = {}  # ordered, and a set: validation stays linear in the tasks
     for i, task in enumerate(tasks):
         if not isinstance(task, Mapping):
             raise ConfigError(f"invalid task #{i + 1}: {task!r} (expected a table)")
@@ -161,7 +163,7 @@ def _build(data: Mapping[str, Any], name: str, source: str) -> Suite:
             raise ConfigError(f"task #{i + 1}: {exc}") from None
         if spec in specs:
             raise ConfigError(f"task #{i + 1} ({spec.name}) is listed twice")
-        specs.append(spec)
+        specs[spec] = None
     opt_specs = tuple(OptimizerSpec.from_config(o) for o in optimizers)
     for spec in opt_specs:
         if not spec.entry.strip():
@@ -173,11 +175,11 @@ def _build(data: Mapping[str, Any], name: str, source: str) -> Suite:
     for spec in opt_specs:
         if spec.only and not suite.pairs(optimizers=[spec]):
             raise ConfigError(f"optimizer {spec.name!r} runs on tasks {list(spec.only)!r}, which match no task of the suite")
-    for task in suite.tasks:  # one name per optimiser per task, so reports cannot mix them up
-        names = [o.name for t, o in suite.pairs() if t == task]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ConfigError(f"optimizer(s) {', '.join(map(repr, duplicates))} listed twice for task {task.name}")
+    seen: set[tuple[TaskSpec, str]] = set()  # one name per optimiser per task, so reports cannot mix them up
+    for task, spec in suite.pairs():
+        if (task, spec.name) in seen:
+            raise ConfigError(f"optimizer(s) {spec.name!r} listed twice for task {task.name}")
+        seen.add((task, spec.name))
     # Validate every meta-training config now, not after hours of meta-testing.
     if meta_training is not None:
         suite.meta_training_for(OptimizerSpec("(suite)"), suite.tasks[0])

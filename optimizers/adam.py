@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from l2lbench.optim.base import Optimizer, Params, StepContext
-from l2lbench.optim.validate import check_range
+from l2lbench.optim.validate import check_lr, check_range
 
 
 class AdamState(NamedTuple):
@@ -48,7 +48,7 @@ class Adam(Optimizer):
     decoupled: bool = False
 
     def __post_init__(self) -> None:
-        check_range("lr", self.lr, 0.0)
+        check_lr(self.lr)
         check_range("beta1", self.beta1, 0.0, 1.0, high_open=True)
         check_range("beta2", self.beta2, 0.0, 1.0, high_open=True)
         check_range("eps", self.eps, 0.0)

@@ -18,7 +18,7 @@ from typing import ClassVar, NamedTuple
 import torch
 
 from l2lbench.optim.base import Optimizer, Params, StepContext
-from l2lbench.optim.validate import check_range
+from l2lbench.optim.validate import check_lr, check_range
 
 
 class RMSpropState(NamedTuple):
@@ -42,7 +42,7 @@ class RMSprop(Optimizer):
     centered: bool = False
 
     def __post_init__(self) -> None:
-        check_range("lr", self.lr, 0.0)
+        check_lr(self.lr)
         check_range("alpha", self.alpha, 0.0, 1.0)
         check_range("eps", self.eps, 0.0)
         check_range("weight_decay", self.weight_decay, 0.0)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from l2lbench.errors import ConfigError
 from l2lbench.optim.base import Optimizer, Params, StepContext
-from l2lbench.optim.validate import check_range
+from l2lbench.optim.validate import check_lr, check_range
 
 
 class SGDState(NamedTuple):
@@ -44,7 +44,7 @@ class SGD(Optimizer):
     nesterov: bool = False
 
     def __post_init__(self) -> None:
-        check_range("lr", self.lr, 0.0)
+        check_lr(self.lr)
         check_range("momentum", self.momentum, 0.0)
         check_range("dampening", self.dampening, 0.0, 1.0)
         check_range("weight_decay", self.weight_decay, 0.0)

@@ -211,6 +211,15 @@ class DatasetSpec:
     def num_classes(self) -> int:
         raise NotImplementedError
 
+    #: Training plus test images, for estimating a job's memory before loading anything
+    #: (the MNIST family's 60,000 + 10,000; a dataset of another size says so).
+    examples: ClassVar[int] = 70_000
+
+    @property
+    def num_examples(self) -> int:
+        """Training plus test images (an estimate where the files decide)."""
+        return self.examples
+
     def load(self, data_dir: Path, *, download: bool = True) -> Splits:
         """Load both splits into memory, once per process (see :func:`load_splits`).
 
@@ -380,6 +389,7 @@ class CIFAR10GreySpec(DatasetSpec):
     """
 
     kind: ClassVar[str] = "cifar10-grey"
+    examples: ClassVar[int] = 60_000
     weights: tuple[float, float, float] = (0.30, 0.11, 0.59)
     crop: int = 28
     mean: float = 0.5
@@ -564,6 +574,10 @@ class SyntheticSpec(DatasetSpec):
     size: int = 28
     mean: float = 0.5
     std: float = 0.5
+
+    @property
+    def num_examples(self) -> int:
+        return self.n_train + self.n_test
 
     _NOISE: ClassVar[float] = 0.5
     _MIX: ClassVar[float] = 0.5

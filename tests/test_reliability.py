@@ -199,7 +199,7 @@ def test_time_limit_leaves_other_alarms_and_handlers_as_they_were():
 
 
 def test_a_learned_plugin_that_fails_to_meta_train_fails_its_runs_only(faulty_suite, tmp_path, capsys):
-    meta = '[meta_training]\ntasks = "same-as-test"\nsteps = 3\ntrials = 1\nunroll = 3\n'
+    meta = '[meta_training]\ntasks = "same-as-test"\nsteps = 3\ntrials = 1\nunroll = 3\nbatch_size = 16\n'
     code, out, err = _cli(capsys, "run", "--suite", faulty_suite(meta), "--results", str(tmp_path / "r"),
                           "--plugin", PLUGINS, "--optimizers", "fails-to-meta-train,sgd")
     assert code == 1, err
@@ -251,7 +251,7 @@ def _bad_inputs(tmp_path: Path, suite: str) -> list[tuple[list[str], str]]:
 
     base = 'optimizers = ["sgd"]\n[[tasks]]\ndataset = "synthetic"\n'
     return [
-        (["--suite", suite, "--run-timeout", "0"], "argument --run-timeout: invalid value '0' (expected a positive number of seconds)"),
+        (["--suite", suite, "--run-timeout", "0"], "argument --run-timeout: invalid value '0' (expected a positive number of seconds, at most 604800)"),
         (["--suite", suite, "--run-timeout", "-3"], "invalid value '-3'"),
         (["--suite", suite, "--run-timeout", "nan"], "invalid value 'nan'"),
         (["--suite", suite, "--run-timeout", "soon"], "invalid value 'soon'"),

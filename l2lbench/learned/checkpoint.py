@@ -78,6 +78,13 @@ class Checkpoint:
             raise CheckpointError(
                 f"{where} holds optimizer {self.describe()}, not {entry} {canonical_json(dict(hparams))}"
             )
+        broken = sorted(k for k, v in self.state_dict.items()
+                        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()))
+        if broken:
+            # Meta-training that blew up: its runs would be stored as "diverged" runs of an
+            # optimiser that never existed.
+            raise CheckpointError(f"{where} has non-finite meta-parameters ({', '.join(broken)}); "
+                                  "expected finite values (meta-train it again)")
         module = optimizer.init_meta(generator=torch.Generator().manual_seed(0))
         try:
             module.load_state_dict(self.state_dict, strict=True)

@@ -26,6 +26,8 @@ def _setting(value: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"invalid setting {value!r} (expected KEY=VALUE, e.g. smoothing=0)")
     try:
         parsed = tomllib.loads(f"v = {text}")["v"]
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"invalid setting {key.strip()!r}: nested too deeply") from None
     except tomllib.TOMLDecodeError:
         parsed = text  # a bare word such as head=linear
     return key.strip(), parsed
@@ -73,8 +75,11 @@ def run(args: argparse.Namespace, *, registry: Any, data_dir: Path) -> int:
     if args.out and len(optimizers) > 1:
         raise UsageError(f"--out {args.out!r} takes one checkpoint, but this selection meta-trains {len(optimizers)} "
                          "(expected --tasks naming one task of the suite)")
-    for dataset in {t.dataset for o in optimizers for t in o.meta_training.tasks}:
-        dataset.load(data_dir)  # fail fast on missing data
+    from ..runner import check_batches
+
+    tasks = {t for o in optimizers for t in o.meta_training.tasks}
+    loaded = {dataset: dataset.load(data_dir) for dataset in {t.dataset for t in tasks}}  # fail fast on missing data
+    check_batches([(t, o) for o in optimizers for t in o.meta_training.tasks], loaded)
     results = Path(args.results)
     for optimizer in optimizers:
         ready = ensure_meta_trained(optimizer, results_dir=results, data_dir=data_dir, device=device, log=print,

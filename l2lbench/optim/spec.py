@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError
 from ..hashing import canonical_json, content_hash
 from ..specs import format_value
+
+
+#: The longest optimiser name accepted: names head report rows, legends and file names.
+MAX_NAME = 100
 
 
 @dataclass(frozen=True)
@@ -59,13 +64,27 @@ class OptimizerSpec:
             if not isinstance(only, list) or not all(isinstance(p, str) and p for p in only):
                 raise ConfigError(f"invalid tasks {only!r} of optimizer {entry!r} (expected a list of task patterns)")
             label = config.get("name")
-            if label is not None and (not isinstance(label, str) or not label.strip()):
-                raise ConfigError(f"invalid name {label!r} of optimizer {entry!r} (expected a non-empty string)")
+            if label is not None and (not isinstance(label, str) or not label.strip() or len(label) > MAX_NAME):
+                shown = label[:40] + "..." if isinstance(label, str) and len(label) > MAX_NAME else label
+                raise ConfigError(f"invalid name {shown!r} of optimizer {entry!r} (expected a non-empty string of at "
+                                  f"most {MAX_NAME} characters)")
             return cls(entry, hparams, dict(meta_training) if meta_training is not None else None, tuple(only), label)
         raise ConfigError(
             f"invalid optimizer {config!r} (expected a name like \"adam\" or a table like "
             "{entry = \"adam\", lr = 0.001})"
         )
+
+
+def _finite(value: Any) -> bool:
+    """No nan or inf anywhere in a hyperparameter (they would make every comparison and
+    every stored key meaningless)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(map(_finite, value))
+    if isinstance(value, Mapping):
+        return all(map(_finite, value.values()))
+    return True
 
 
 def resolve_hparams(factory: Callable[..., Any], hparams: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -81,6 +100,9 @@ def resolve_hparams(factory: Callable[..., Any], hparams: Mapping[str, Any], nam
     open_ended = getattr(factory, "accepts_any_kwargs", False) or any(
         p.kind is p.VAR_KEYWORD for p in signature.parameters.values()
     )
+    for key, value in hparams.items():
+        if not _finite(value):
+            raise ConfigError(f"invalid {key}: {value!r} for optimizer {name!r} (expected a finite number)")
     unknown = sorted(set(hparams) - set(accepted))
     if unknown and not open_ended:
         raise ConfigError(

@@ -9,6 +9,10 @@ from torch import Tensor
 
 from ..errors import ConfigError
 
+#: The largest learning rate the reference rules accept: none of them takes a sane step
+#: beyond it, and a value like 1e308 is a typo that would only store diverged runs.
+MAX_LR = 1e4
+
 
 def _as_float(value: Any) -> float | None:
     if isinstance(value, Tensor):
@@ -38,3 +42,8 @@ def check_range(
     below = number is None or not (low <= number) or (low_open and number <= low)
     if below or number > high or (high_open and number >= high):
         raise ConfigError(f"invalid {name}: {value!r} (expected a number in {lower}{low:g}, {high:g}{upper})")
+
+
+def check_lr(value: Any) -> None:
+    """A learning rate in [0, :data:`MAX_LR`]."""
+    check_range("lr", value, 0.0, MAX_LR)

@@ -187,11 +187,16 @@ def optimizer_label(record: RunRecord) -> str:
     return label if isinstance(label, str) and label else record.optimizer_name
 
 
+#: Longest name a report shows (a store may hold longer ones, e.g. written by hand).
+MAX_SHOWN = 100
+
+
 def _display_names(pairs: Iterable[tuple[str, str]], versions: Mapping[str, str] | None = None) -> dict[str, str]:
-    """hash -> name; where one name stands for several hashes, the code version
-    (``versions``: hash -> e.g. "code 1a2b3c4d, protocol 1") tells them apart where it
-    differs, else the hash."""
-    names: dict[str, str] = dict(pairs)
+    """hash -> name, cut to :data:`MAX_SHOWN` characters; where one name stands for several
+    hashes, the code version (``versions``: hash -> e.g. "code 1a2b3c4d, protocol 1")
+    tells them apart where it differs, else the hash."""
+    names: dict[str, str] = {key: name if len(name) <= MAX_SHOWN else f"{name[:MAX_SHOWN - 12]}... [{key[:8]}]"
+                             for key, name in pairs}
     by_name: dict[str, list[str]] = defaultdict(list)
     for key, name in names.items():
         by_name[name].append(key)
