@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from .errors import L2LBenchError, Stopped, UsageError
+from .errors import L2LBenchError, RunError, Stopped, UsageError
 
 DEFAULT_RESULTS = "results"
 
@@ -146,8 +146,21 @@ def cmd_data(args: argparse.Namespace) -> int:
     source = Path(args.source).expanduser()
     if not source.is_dir():
         raise UsageError(f"import source {args.source!r} is not a folder (expected DIR laid out as DIR/MNIST/raw/*.gz)")
-    for line in import_archives(source, _data_dir(args.data_dir)):
-        print(line)
+    target = _data_dir(args.data_dir)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create data folder {str(target)!r}: {exc.strerror or exc} "
+                         "(expected a folder you can write to)") from None
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise UsageError(f"data folder {str(target)!r} is not writable (expected a folder you can write to)")
+    try:
+        for line in import_archives(source, target):
+            print(line)
+    except OSError as exc:  # e.g. a full disk half-way: what was imported stays
+        where = f": {exc.filename}" if exc.filename else ""
+        raise RunError(f"cannot import into {str(target)!r}: {exc.strerror or exc}{where} "
+                       "(the datasets imported before it are kept)") from None
     return 0
 
 

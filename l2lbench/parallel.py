@@ -219,7 +219,7 @@ def _death(exitcode: int | None, max_memory: int | None) -> str:
     if exitcode is not None and exitcode < 0:
         name = signal.Signals(-exitcode).name if -exitcode in signal.Signals._value2member_map_ else str(-exitcode)
         if -exitcode == signal.SIGKILL:
-            cap = f"; each worker may take {max_memory / 2**30:.1f} GiB (--max-memory)" if max_memory else ""
+            cap = f" each worker may take {max_memory / 2**30:.1f} GiB, see --max-memory" if max_memory else ""
             return f"its process was killed by {name} (out of memory?{cap})"
         return f"its process was killed by {name}"
     return f"its process exited with code {exitcode}"

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
 
 from .errors import ConfigError, L2LBenchError, PluginError, Stopped, UsageError
-from .learned.cache import build_for_meta_test, ensure_meta_trained
+from .learned.cache import build_for_meta_test, cached, ensure_meta_trained, store_checkpoint, train_checkpoint
 from .learner import FunctionalLearner
 from .native.build import start_recording as start_native_recording
 from .native.build import load as native_load
@@ -337,17 +337,22 @@ def with_meta_training(
             except _PLUGIN_FAULTS as exc:  # the plug-in's fault: its runs fail, the others go on
                 failures[key] = f"meta-training failed: {_describe(exc)}"
     else:
-        items = [(key, PortableOptimizer.of(o)) for key, o in needed.items()]
-        for (key, _), outcome in executor.map(
-            _meta_train_in_worker, items, plugins, results_dir, data_dir, str(device), retrain
-        ):
+        to_train = {}
+        for key, optimizer in needed.items():
+            hit = cached(optimizer, results_dir=results_dir, log=log, force=retrain)
+            if hit is not None:
+                ready[key] = hit
+            else:
+                to_train[key] = optimizer
+        items = [(key, PortableOptimizer.of(o)) for key, o in to_train.items()]
+        for (key, _), outcome in executor.map(_meta_train_in_worker, items, plugins, data_dir, str(device)):
             if isinstance(outcome, WorkerLost):  # the plug-in took its worker process down
                 outcome = (None, [], f"meta-training failed: {outcome.reason}")
-            path, lines, failure = outcome
+            checkpoint, lines, failure = outcome
             for line in lines:
                 log(line)
-            if failure is None:
-                ready[key] = dataclasses.replace(needed[key], checkpoint=path)
+            if failure is None:  # only this process writes: the worker handed the checkpoint over
+                ready[key] = store_checkpoint(to_train[key], checkpoint, results_dir=results_dir, log=log)
             else:
                 failures[key] = failure
     for key, failure in failures.items():
@@ -359,9 +364,10 @@ def with_meta_training(
 
 
 def _meta_train_in_worker(
-    item: tuple[str, PortableOptimizer], plugins: tuple[str, ...], results_dir: Path, data_dir: Path, device: str,
-    retrain: bool = False,
-) -> tuple[Path | None, list[str], str | None]:
+    item: tuple[str, PortableOptimizer], plugins: tuple[str, ...], data_dir: Path, device: str
+) -> tuple[Any, list[str], str | None]:
+    """Meta-train in a worker process: the checkpoint (for the parent to write), the log
+    lines, and why it failed (None when it did not)."""
     lines: list[str] = []
     try:
         optimizer = item[1].resolve(plugins, torch.device(device))
@@ -369,15 +375,13 @@ def _meta_train_in_worker(
         return None, lines, _unresolvable(item[1], plugins, exc)
     try:
         with own_interrupts(optimizer.name):
-            ready = ensure_meta_trained(
-                optimizer, results_dir=results_dir, data_dir=data_dir, device=torch.device(device), progress=False,
-                log=lines.append, force=retrain,
-            )
+            checkpoint = train_checkpoint(optimizer, data_dir=data_dir, device=torch.device(device), progress=False,
+                                          log=lines.append)
     except L2LBenchError:
         raise
     except _PLUGIN_FAULTS as exc:
         return None, lines, f"meta-training failed: {_describe(exc)}"
-    return ready.checkpoint, lines, None
+    return checkpoint, lines, None
 
 
 def execute_job(

@@ -115,6 +115,15 @@ class RunRecord:
 
     @classmethod
     def _from_row(cls, row: sqlite3.Row) -> "RunRecord":
+        record = cls._decode(row)
+        lengths = {len(record.eval_steps), len(record.test_loss), len(record.test_accuracy)}
+        if record.status != "failed" and len(lengths) > 1:
+            raise ValueError(f"its curves disagree in length (eval_steps {len(record.eval_steps)}, test_loss "
+                             f"{len(record.test_loss)}, test_accuracy {len(record.test_accuracy)}; expected equal)")
+        return record
+
+    @classmethod
+    def _decode(cls, row: sqlite3.Row) -> "RunRecord":
         return cls(
             task_hash=row["task_hash"], optimizer_hash=row["optimizer_hash"], seed=row["seed"],
             task_name=row["task_name"], optimizer_name=row["optimizer_name"],
@@ -134,6 +143,40 @@ class ResultsStore:
         folder: the results folder; created if missing. The database is
             ``folder/l2lbench.sqlite``.
     """
+
+    @classmethod
+    def read_only(cls, folder: Path | str) -> "ResultsStore":
+        """The store of ``folder`` opened for reading only (a report): it must exist; the
+        folder may be read-only (a shared archive, a read-only mount), and nothing is
+        created, migrated or written."""
+        store = cls.__new__(cls)
+        store.folder = Path(folder)
+        store.path = store.folder / DB_FILENAME
+        if not store.path.is_file():
+            raise UsageError(f"no results store at {str(store.path)!r} (expected a folder written by l2lbench run)")
+        # mode=ro reads the write-ahead log too but needs its shared-memory file, which a
+        # read-only folder may not let SQLite create; then the file is read as it stands
+        # (immutable: no other process can be writing to a read-only folder).
+        for options in ("mode=ro", "immutable=1"):
+            uri = f"{store.path.resolve().as_uri()}?{options}"
+            try:
+                store._db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                store._db.row_factory = sqlite3.Row
+                version = store._db.execute("PRAGMA user_version").fetchone()[0]
+                break
+            except sqlite3.DatabaseError as exc:
+                error = exc
+                if hasattr(store, "_db"):
+                    store._db.close()
+        else:
+            raise store._error("cannot be opened for reading", error)
+        if version != SCHEMA_VERSION:
+            store._db.close()
+            raise RunError(f"results store {str(store.path)!r} has schema version {version}; this l2lbench reads "
+                           f"version {SCHEMA_VERSION} (open it with a matching l2lbench, or run l2lbench run on it "
+                           "once to migrate it)")
+        store._check_columns()
+        return store
 
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
@@ -309,10 +352,11 @@ class ResultsStore:
         for row in rows:
             try:
                 records.append(RunRecord._from_row(row))
-            except (ValueError, TypeError, KeyError) as exc:  # JSON that is not ours
-                raise RunError(
+            except (ValueError, TypeError, KeyError) as exc:  # JSON or curves that are not ours
+                raise UsageError(
                     f"results store {str(self.path)!r} has a malformed run ({row['optimizer_name']} on "
-                    f"{row['task_name']}, seed {row['seed']}): {type(exc).__name__}: {exc}"
+                    f"{row['task_name']}, seed {row['seed']}): {type(exc).__name__}: {exc} (expected rows written "
+                    "by l2lbench; delete or fix that row)"
                 ) from None
         return records
 

@@ -217,3 +217,19 @@ class Hoards:
 
 OPTIMIZERS.update({"exits-process": ExitsProcess, "swallows-everything": SwallowsEverything,
                    "starts-thread": StartsThread, "hoards": Hoards})
+
+
+class KilledByTheKernel:
+    """Its process is SIGKILLed at update, as the kernel's OOM killer would."""
+
+    def init(self, params, *, generator=None):
+        return ()
+
+    def update(self, grads, state, params, context):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+OPTIMIZERS["killed"] = KilledByTheKernel

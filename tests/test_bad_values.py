@@ -139,3 +139,52 @@ def test_a_checkpoint_with_non_finite_meta_parameters_is_refused(tmp_path):
     path = save_checkpoint(Checkpoint("lstm", hparams, state), tmp_path / "nan.pt")
     with pytest.raises(CheckpointError, match=rf"has non-finite meta-parameters \({name}"):
         load_checkpoint(path).bind(lstm(), entry="lstm", hparams=hparams)
+
+
+def test_data_import_into_a_folder_that_cannot_be_one(tmp_path, capsys):
+    (tmp_path / "src" / "MNIST" / "raw").mkdir(parents=True)
+    (tmp_path / "a-file").write_text("")
+    assert main(["data", "import", str(tmp_path / "src"), "--data-dir", str(tmp_path / "a-file" / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot create data folder" in err and "Not a directory" in err
+
+
+def test_a_stored_row_whose_curves_disagree_is_named_not_a_traceback(tiny_suite, tmp_path, capsys):
+    import json
+    import sqlite3
+
+    results = tmp_path / "r"
+    assert main(["run", "--suite", tiny_suite(), "--results", str(results)]) == 0
+    db = sqlite3.connect(results / "l2lbench.sqlite")
+    loss = json.loads(db.execute("SELECT test_loss FROM runs WHERE optimizer_name = 'sgd' AND seed = 1").fetchone()[0])
+    db.execute("UPDATE runs SET test_loss = ? WHERE optimizer_name = 'sgd' AND seed = 1", (json.dumps(loss[:-1]),))
+    db.commit()
+    capsys.readouterr()
+    assert main(["report", "--results", str(results), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has a malformed run (sgd on" in err and "seed 1" in err
+    assert f"its curves disagree in length (eval_steps {len(loss)}, test_loss {len(loss) - 1}" in err
+
+
+def test_report_reads_a_store_on_a_read_only_file_system(tiny_suite, tmp_path, capsys):
+    import shutil
+    import subprocess
+
+    results = tmp_path / "r"
+    assert main(["run", "--suite", tiny_suite(), "--results", str(results)]) == 0
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "none", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a file system here (needs root)")
+    try:
+        shutil.copytree(results, mount / "r")
+        assert subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True).returncode == 0
+        capsys.readouterr()
+        assert main(["report", "--results", str(mount / "r"), "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+        out, err = capsys.readouterr()
+        assert "| sgd " in out and (tmp_path / "out" / "report.md").is_file()
+        # Without --out the report has nowhere to go: one line, exit 2.
+        assert main(["report", "--results", str(mount / "r"), "--no-plots"]) == 2
+        assert "Read-only file system (expected a writable --out folder)" in capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)

@@ -37,6 +37,16 @@ def test_a_plugin_that_ends_its_process_fails_its_runs_only(tiny_suite, tmp_path
     assert err.count("l2lbench: failed: exits-process") == 2
 
 
+def test_a_process_killed_by_the_kernel_is_named_as_such(tiny_suite, tmp_path, capsys):
+    code, out, err, runs = _run(capsys, tiny_suite(), tmp_path / "r", "--optimizers", "killed,sgd",
+                                "--max-memory", "4")
+    assert code == 1
+    assert {runs["killed", s].error for s in (0, 1)} == {
+        "its process was killed by SIGKILL (out of memory? each worker may take 4.0 GiB, see --max-memory)"
+    }
+    assert {runs["sgd", s].status for s in (0, 1)} == {"ok"}
+
+
 def test_a_hang_that_swallows_the_time_limit_ends_with_its_process(tiny_suite, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(runner, "HARD_LIMIT_GRACE_S", 2.0)
     start = time.monotonic()

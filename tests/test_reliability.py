@@ -20,7 +20,7 @@ import torch
 
 import l2lbench.store as store_module
 from l2lbench.cli import main
-from l2lbench.errors import RunError
+from l2lbench.errors import RunError, UsageError
 from l2lbench.optim.registry import OptimizerRegistry
 from l2lbench.optim.spec import OptimizerSpec
 from l2lbench.runner import RunJob, execute_job, time_limit
@@ -430,7 +430,7 @@ def test_a_malformed_run_is_refused_naming_it(tmp_path):
     db = _store_db(tmp_path)
     db.execute("UPDATE runs SET train_loss = '[1.0, oops'")
     db.close()
-    with ResultsStore(tmp_path) as store, pytest.raises(RunError, match="malformed run [(]opt on task, seed 0[)]"):
+    with ResultsStore(tmp_path) as store, pytest.raises(UsageError, match="malformed run [(]opt on task, seed 0[)]"):
         store.runs()
 
 

@@ -57,6 +57,22 @@ def ensure_meta_trained(
     Raises:
         UsageError: a learned optimiser with neither a checkpoint nor a meta-training config.
     """
+    ready = cached(optimizer, results_dir=results_dir, log=log, force=force)
+    if ready is not None:
+        return ready
+    checkpoint = train_checkpoint(optimizer, data_dir=data_dir, device=device, progress=progress, log=log)
+    return store_checkpoint(optimizer, checkpoint, results_dir=results_dir, log=log)
+
+
+def cached(
+    optimizer: ResolvedOptimizer, *, results_dir: Path, log: Callable[[str], None], force: bool = False
+) -> ResolvedOptimizer | None:
+    """``optimizer`` with its checkpoint where it has one (given, or usable in the cache
+    and not ``force``d anew); None where it must be meta-trained.
+
+    Raises:
+        UsageError: a learned optimiser with neither a checkpoint nor a meta-training config.
+    """
     if optimizer.checkpoint is not None:
         return optimizer
     if optimizer.meta_training is None:
@@ -72,11 +88,24 @@ def ensure_meta_trained(
             return dataclasses.replace(optimizer, checkpoint=path)
         except CheckpointError as exc:  # e.g. a file from an older version: train anew
             log(f"{optimizer.name}: cached checkpoint unusable ({exc}); meta-training again")
+    return None
+
+
+def train_checkpoint(
+    optimizer: ResolvedOptimizer,
+    *,
+    data_dir: Path,
+    device: torch.device,
+    progress: bool | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> Checkpoint:
+    """Meta-train ``optimizer`` by its meta-training config; writes nothing (a worker
+    process hands the checkpoint to the parent, the only process that writes)."""
     spec = optimizer.meta_training
     log(f"{optimizer.name}: meta-training on {spec.name} ...")
     with run_threads():  # as every run: its numbers must not depend on where it runs
         result = meta_train(optimizer.build(), spec, data_dir=data_dir, device=device, progress=progress)
-    checkpoint = Checkpoint(
+    return Checkpoint(
         entry=optimizer.entry.name,
         hparams=dict(optimizer.hparams),
         state_dict=result.module.state_dict(),
@@ -86,11 +115,18 @@ def ensure_meta_trained(
         # The code it was trained with (its file name keys the same identity).
         provenance={**provenance(device), "code": dict(optimizer.entry.code), "protocol": codeid.PROTOCOL_VERSION},
     )
+
+
+def store_checkpoint(
+    optimizer: ResolvedOptimizer, checkpoint: Checkpoint, *, results_dir: Path, log: Callable[[str], None]
+) -> ResolvedOptimizer:
+    """Write a freshly meta-trained checkpoint into the cache; ``optimizer`` pointing at it."""
+    path = cache_path(results_dir, optimizer)
     save_checkpoint(checkpoint, path)
-    first, last = result.trial_loss[0], result.trial_loss[-1]
+    losses = checkpoint.history["trial_loss"]
     log(
-        f"{optimizer.name}: meta-trained in {result.wall_time_s:.1f} s "
-        f"(mean learner loss, first trial {first:.4f}, last trial {last:.4f}) -> {path}"
+        f"{optimizer.name}: meta-trained in {checkpoint.wall_time_s:.1f} s "
+        f"(mean learner loss, first trial {losses[0]:.4f}, last trial {losses[-1]:.4f}) -> {path}"
     )
     return dataclasses.replace(optimizer, checkpoint=path)
 

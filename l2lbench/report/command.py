@@ -66,7 +66,7 @@ def read_runs(results: Path) -> list["RunRecord"]:
     # ResultsStore creates a missing database; a report must not leave one behind.
     if not (results / DB_FILENAME).is_file():
         raise UsageError(empty)
-    with ResultsStore(results) as store:
+    with ResultsStore.read_only(results) as store:  # a report writes nothing there (--out may be elsewhere)
         records = store.runs()
     if not records:
         raise UsageError(empty)
