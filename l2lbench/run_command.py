@@ -3,7 +3,8 @@
 Learned optimisers are meta-trained first (once, cached), then every job runs, in
 parallel on worker processes or a Dask cluster when asked; each finished job is stored at
 once, so an interrupted run resumes where it stopped. ``--run-timeout`` stops any run that
-takes longer and records it as failed (see :func:`l2lbench.runner.time_limit` for how).
+takes longer and records it as failed (see :func:`l2lbench.timeouts.time_limit` and
+:mod:`l2lbench.parallel` for how).
 """
 
 from __future__ import annotations

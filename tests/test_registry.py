@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,20 @@ def test_an_entry_point_that_fails_at_import_stops_only_commands_that_name_it(tm
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "failed to import: RuntimeError: broken package" in err
     assert not (tmp_path / "r2").exists()
+
+
+def test_an_entry_point_that_hangs_at_import_is_given_up_on(tmp_path, monkeypatch):
+    import l2lbench.optim.registry as registry_module
+
+    _install_entry_points(tmp_path, monkeypatch, "import time\ntime.sleep(3600)\n", "slow = acme_slow:slow\n",
+                          name="acme_slow")
+    monkeypatch.setattr(registry_module, "ENTRY_POINT_IMPORT_S", 1.0)
+    registry = OptimizerRegistry.default()  # not imported: nobody asked for it
+    start = time.monotonic()
+    with pytest.raises(PluginError, match=r"plug-in 'slow' \(entry point 'acme_slow:slow' of package 'acme-slow'\) "
+                                          r"did not finish importing within 1 s"):
+        registry.resolve("slow")
+    assert time.monotonic() - start < 10
 
 
 def test_an_explicit_plugin_wins_over_an_installed_entry_point_with_a_note(tmp_path, monkeypatch, capsys):

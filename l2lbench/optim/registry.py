@@ -334,9 +334,21 @@ class _LazyFactory:
         return self.load().__doc__
 
 
+#: How long importing an installed plug-in may take before the command gives up on it.
+ENTRY_POINT_IMPORT_S = 60.0
+
+
 def _load_entry_point(ep: importlib.metadata.EntryPoint, source: str) -> Callable[..., Any]:
+    from ..timeouts import RunTimeout, time_limit
+
     try:
-        factory = ep.load()
+        # time_limit lets an import in progress finish for up to twice its limit before it
+        # interrupts; all of this is an import, so half the limit gives the limit.
+        with time_limit(ENTRY_POINT_IMPORT_S / 2):
+            factory = ep.load()
+    except RunTimeout:
+        raise PluginError(f"plug-in {ep.name!r} ({source}) did not finish importing within "
+                          f"{ENTRY_POINT_IMPORT_S:g} s (expected a package that imports)") from None
     except (Exception, SystemExit) as exc:  # a broken third-party package: one line, exit 2
         raise PluginError(f"plug-in {ep.name!r} ({source}) failed to import: {type(exc).__name__}: {exc}") from None
     if not callable(factory):
