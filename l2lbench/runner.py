@@ -181,10 +181,12 @@ class PortableOptimizer:
     meta_training: Any
     checkpoint: Path | None
     checkpoint_digest: str | None
+    numerics: str | None = None  # the parent's, for the checkpoint it will store under its key
 
     @classmethod
     def of(cls, optimizer: ResolvedOptimizer) -> "PortableOptimizer":
-        return cls(optimizer.spec, optimizer.meta_training, optimizer.checkpoint, optimizer.checkpoint_digest)
+        return cls(optimizer.spec, optimizer.meta_training, optimizer.checkpoint, optimizer.checkpoint_digest,
+                   optimizer.numerics)
 
     def resolve(self, plugins: tuple[str, ...], device: torch.device) -> ResolvedOptimizer:
         """The optimiser as this process builds it; its numerics are this process's own, so
@@ -275,6 +277,9 @@ def _meta_train_in_worker(
         optimizer = item[1].resolve(plugins, torch.device(device))
     except (L2LBenchError, *_PLUGIN_FAULTS) as exc:
         return None, lines, _unresolvable(item[1], plugins, exc)
+    if optimizer.numerics != item[1].numerics:  # the parent stores it under a key that names its numerics
+        return None, lines, (f"meta-training failed: this worker computes in {optimizer.numerics} form, not the "
+                             f"{item[1].numerics} its key names (a worker without the C kernels?)")
     try:
         with own_interrupts(optimizer.name):
             checkpoint = train_checkpoint(optimizer, data_dir=data_dir, device=torch.device(device), progress=False,
