@@ -83,3 +83,33 @@ def test_max_memory_is_checked(tiny_suite, tmp_path, capsys, value):
     err = capsys.readouterr().err
     assert f"argument --max-memory: invalid value {value!r} (expected GiB between 0.25 and 1048576" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_no_fault_changes_a_finished_run(tiny_suite, tmp_path, capsys, monkeypatch):
+    """The fault list replayed against one results folder: each fault is its own command
+    with its exit code and message, and the runs finished before it stay as they were."""
+    monkeypatch.setattr(runner, "HARD_LIMIT_GRACE_S", 2.0)
+    suite, results = tiny_suite(), tmp_path / "r"
+    assert main(["run", "--suite", suite, "--results", str(results)]) == 0
+    capsys.readouterr()
+
+    def finished():
+        return {(r.optimizer_name, r.seed): (r.created_at, r.test_loss, r.train_loss, r.provenance)
+                for r in ResultsStore(results).runs() if r.optimizer_name in ("sgd", "adam")}
+
+    before = finished()
+    assert len(before) == 4
+    faults = [
+        (["--optimizers", "exits-process"], 1, "its process exited with code 3"),
+        (["--optimizers", "killed"], 1, "its process was killed by SIGKILL"),
+        (["--optimizers", "swallows-everything", "--run-timeout", "1"], 1, "it did not stop when asked"),
+        (["--optimizers", "hoards", "--max-memory", "2"], 1, "can't allocate memory"),
+        (["--optimizers", "interrupts"], 1, "raised KeyboardInterrupt"),
+        (["--optimizers", "sgd", "--run-timeout", "1e300"], 2, "at most 604800"),
+        (["--optimizers", "sgd", "--steps", "1000000000000"], 2, "of memory (estimated from its spec)"),
+    ]
+    for argv, expected, message in faults:
+        code = main(["run", "--suite", suite, "--results", str(results), "--plugin", PLUGINS, *argv])
+        out, err = capsys.readouterr()
+        assert code == expected and message in err and "Traceback" not in err, (argv, err)
+        assert finished() == before, argv
