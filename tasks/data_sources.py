@@ -35,15 +35,15 @@ import os
 import pickle
 import struct
 import tarfile
-import tempfile
 import zlib
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 from urllib.error import URLError
 
 import numpy as np
 import torch
 
+from l2lbench.atomic import temp_beside, write_atomically
 from l2lbench.errors import DataCorruptError, DataMissingError, UsageError
 
 #: source name (torchvision class name) -> path relative to the data dir -> md5 hex digest.
@@ -135,19 +135,6 @@ def verify_file(path: Path, expected: str) -> None:
     actual = md5_of(path)
     if actual != expected:
         raise _corrupt(path, expected, actual)
-
-
-def _write_atomically(dest: Path, fill: Callable[[IO[bytes]], None]) -> None:
-    """Write ``dest`` through a temporary sibling file and :func:`os.replace`."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fill(handle)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _copy_hashing(reader: IO[bytes], writer: IO[bytes]) -> str:
@@ -362,7 +349,7 @@ def _ensure_gunzipped(archive: Path) -> None:
                 "delete it and download or import it again"
             ) from exc
 
-    _write_atomically(target, fill)
+    write_atomically(target, fill)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -571,7 +558,7 @@ def _extract_members(
                     if actual != table[rel]:
                         raise _corrupt(dest, table[rel], actual)
 
-                _write_atomically(dest, fill)
+                write_atomically(dest, fill)
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise DataCorruptError(f"dataset archive {archive} cannot be read ({exc})") from exc
 
@@ -660,13 +647,13 @@ def import_archives(source_dir: Path, data_dir: Path) -> list[str]:
 def _stage_copy(src: Path, dest: Path, expected: str) -> Path:
     """Copy ``src`` to a temporary file beside ``dest`` while hashing it; return the temp path."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fd, tmp = temp_beside(dest, ".part")
     try:
         with os.fdopen(fd, "wb") as writer, open(src, "rb") as reader:
             actual = _copy_hashing(reader, writer)
         if actual != expected:
             raise _corrupt(src, expected, actual)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return Path(tmp)
+    return tmp

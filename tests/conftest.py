@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import os
+import tempfile
 import textwrap
+
+# The C kernels are built into a folder of this test session, never the user's cache.
+os.environ.setdefault("L2LBENCH_NATIVE_CACHE", tempfile.mkdtemp(prefix="l2lbench-native-tests-"))
 
 import pytest
 

@@ -308,3 +308,64 @@ def test_dropout_applied_in_the_kernel_equals_mask_times_input(count, instructio
     out = dropout(needs_grad, 0.1, torch.Generator().manual_seed(7))
     assert out.grad_fn is not None
     torch.testing.assert_close(out.detach(), masked, rtol=0, atol=0, equal_nan=True)
+
+
+def _refused(monkeypatch, folder, match):
+    monkeypatch.setenv(build.CACHE_ENV, str(folder))
+    build.forget()
+    try:
+        with pytest.warns(build.NativeKernelWarning, match=match) as caught:
+            assert build.load("lstm") is None
+        (warning,) = caught
+        assert "\n" not in str(warning.message)  # one line
+        assert "refusing" in build.status()["lstm"] or "interface version" in build.status()["lstm"]
+    finally:
+        build.forget()
+
+
+@needs_kernel
+def test_a_library_planted_in_a_world_writable_cache_folder_is_refused(monkeypatch, tmp_path):
+    folder = tmp_path / "shared"
+    monkeypatch.setenv(build.CACHE_ENV, str(folder))
+    genuine = build._built("lstm")  # where the loader would look
+    folder.chmod(0o777)
+    planted = genuine.read_bytes()  # anyone may now replace it; its content is never loaded
+    genuine.write_bytes(planted)
+    _refused(monkeypatch, folder, r"refusing the cache folder .*shared': owned by uid \d+ with mode 777")
+
+
+@needs_kernel
+def test_a_library_writable_by_others_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
+    genuine = build._built("lstm")
+    genuine.chmod(0o666)
+    _refused(monkeypatch, tmp_path, r"refusing the library .*lstm-[0-9a-f]+\.so': owned by uid \d+ with mode 666")
+
+
+@needs_kernel
+def test_a_library_of_another_interface_version_is_refused(monkeypatch, tmp_path):
+    import subprocess
+
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
+    target = build._built("lstm")
+    source = tmp_path / "stale.c"
+    source.write_text("int l2l_abi_version(void) { return 99; }\n")
+    subprocess.run([build._compiler(), "-shared", "-fPIC", str(source), "-o", str(target)], check=True)
+    target.chmod(0o755)
+    _refused(monkeypatch, tmp_path, r"the library for 'lstm' has interface version 99, expected 1")
+
+
+def test_the_cache_key_covers_flags_and_interface_version(monkeypatch, tmp_path):
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path / "cache"))
+    keys = []
+    monkeypatch.setattr(build.subprocess, "run", lambda *a, **k: type("Done", (), {"stdout": "cc 1", "returncode": 1,
+                                                                                    "stderr": "error: stop"})())
+    monkeypatch.setattr(build, "_compiler", lambda: "cc")
+    for change in (lambda: None, lambda: monkeypatch.setattr(build, "COMMON_FLAGS", build.COMMON_FLAGS + ("-g",)),
+                   lambda: monkeypatch.setitem(build.ABI_VERSIONS, "lstm", 2)):
+        change()
+        with pytest.raises(RuntimeError):
+            build._built("lstm")
+        keys.append(build._cache_key("lstm"))
+    assert len(set(keys)) == 3
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700  # created private

@@ -21,9 +21,7 @@ from __future__ import annotations
 import glob
 import io
 import json
-import os
 import pickle
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from ..atomic import write_atomically
 from ..errors import CheckpointError, RunError
 from ..hashing import canonical_json
 
@@ -141,18 +140,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path | str) -> Path:
         _remove_stale_temps(path)
         buffer = io.BytesIO()
         torch.save(checkpoint.payload(), buffer)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is shareable data
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(buffer.getvalue())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_folder(path.parent)
+        write_atomically(path, lambda handle: handle.write(buffer.getvalue()), durable=True)
     except OSError as exc:  # a full disk or a lost mount: a runtime failure, not bad input
         raise RunError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
     return path
@@ -170,24 +158,6 @@ def _remove_stale_temps(path: Path) -> None:
             pass
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    # The rename is durable only once the folder entry is on disk (POSIX).
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: Path | str) -> Checkpoint:

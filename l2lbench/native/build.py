@@ -1,10 +1,18 @@
 """Compiling a packaged C kernel on first use, once per machine, and loading it with ctypes.
 
 The shared library is built with ``-march=native`` for the CPU it runs on, so the cache key
-holds the source, the compiler's version, the CPU's feature flags and the ``-march``: a
-cache directory shared by machines of different CPUs (a cluster's home directory) keeps
-one build per CPU kind. Builds write to a temporary file renamed into place, so worker processes that build
-at the same moment never load a half-written library.
+holds the source, the compiler's version, the CPU's feature flags, every compiler flag and
+the kernel's interface version (:data:`ABI_VERSIONS`): a cache directory shared by machines
+of different CPUs (a cluster's home directory) keeps one build per CPU kind. Builds write to
+a temporary file renamed into place, so worker processes that build at the same moment
+never load a half-written library.
+
+Loading a library runs its code, so the loader trusts only what this user could have
+built: the cache folder is created private (0700), and a folder or library that another
+user owns, or that group or others may write, is refused (anyone could have planted a
+library there); a loaded library must report the interface version that the signature
+tables in ``lstm.py`` and ``dropout.py`` expect, so a stale or foreign build is refused
+instead of corrupting memory.
 
 Nothing here raises for a missing or failing compiler: :func:`load` returns ``None``, warns
 once with the reason, and the callers run their PyTorch forms instead.
@@ -36,6 +44,10 @@ COMMON_FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-sh
 # libraries; the transcendental functions are then scalar, the kernel still fused).
 VARIANTS = ((("-DL2L_MVEC",), ("-lmvec",)), ((), ()))
 
+
+#: The interface version of each kernel (``l2l_abi_version()`` in its C file), as the
+#: ctypes signature tables of its Python module expect it; bump both with any signature.
+ABI_VERSIONS = {"lstm": 1, "dropout": 1}
 
 _SWITCHED_OFF = f"switched off by {SWITCH_ENV}=0; using the PyTorch form"
 
@@ -85,7 +97,10 @@ _ASKED: set[str] = set()
 @functools.cache
 def _load(name: str) -> tuple[ctypes.CDLL | None, str | None]:
     try:
-        library, reason = ctypes.CDLL(str(_built(name))), None
+        path = _built(name)
+        _check_private(path, "library")
+        library, reason = ctypes.CDLL(str(path)), None
+        _check_abi(library, name)
     except (OSError, subprocess.SubprocessError, RuntimeError) as error:
         library, reason = None, f"the C kernel {name!r} is unavailable ({error}); using the slower PyTorch form"
         warnings.warn(reason, NativeKernelWarning, stacklevel=3)
@@ -103,11 +118,13 @@ def _built(name: str) -> Path:
     compiler = _compiler()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     march = f"-march={os.environ.get(MARCH_ENV) or 'native'}"
-    key = hashlib.sha256(b"\0".join([source, version.encode(), _cpu_flags().encode(), march.encode()])).hexdigest()[:16]
-    target = _cache_dir() / f"{name}-{key}.so"
+    key = _cache_key(name, source=source, compiler_version=version, march=march)
+    folder = _cache_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(folder, "cache folder")
+    target = folder / f"{name}-{key}.so"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     error = ""
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         source_path = Path(scratch) / f"{name}.c"
@@ -117,11 +134,48 @@ def _built(name: str) -> Path:
             command = [compiler, *COMMON_FLAGS, march, *defines, str(source_path), "-o", str(output), *libraries]
             done = subprocess.run(command, capture_output=True, text=True, timeout=300)
             if done.returncode == 0:
+                os.chmod(output, 0o755)  # whatever the umask: never writable by others (see _check_private)
                 os.replace(output, target)
                 return target
             lines = done.stderr.strip().splitlines()  # the last variant's first error is reported
             error = next((line for line in lines if "error" in line), lines[-1] if lines else f"exit {done.returncode}")
     raise RuntimeError(f"{compiler} failed: {error}")
+
+
+def _cache_key(name: str, *, source: bytes | None = None, compiler_version: str | None = None,
+               march: str | None = None) -> str:
+    """What a build depends on: the source, the compiler's version, the CPU, every flag and
+    the interface version."""
+    if source is None:
+        source = resources.files("l2lbench.native").joinpath(f"{name}.c").read_bytes()
+    if compiler_version is None:
+        compiler_version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True, timeout=30).stdout
+    march = march or f"-march={os.environ.get(MARCH_ENV) or 'native'}"
+    flags = " ".join([*COMMON_FLAGS, march, *(" ".join(d + l) for d, l in VARIANTS)])
+    parts = [source, compiler_version.encode(), _cpu_flags().encode(), flags.encode(), f"abi {ABI_VERSIONS[name]}".encode()]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
+def _check_private(path: Path, what: str) -> None:
+    """Refuse a path another user could have written: owned by someone else, or writable
+    by group or others."""
+    info = path.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise RuntimeError(
+            f"refusing the {what} {str(path)!r}: owned by uid {info.st_uid} with mode {info.st_mode & 0o777:o}, "
+            f"so another user could have written it (expected yours, writable by you only; set {CACHE_ENV} to a "
+            "private folder)"
+        )
+
+
+def _check_abi(library: ctypes.CDLL, name: str) -> None:
+    """Refuse a library whose interface version is not the one the signature tables expect."""
+    try:
+        version = library.l2l_abi_version()
+    except AttributeError:
+        version = None
+    if version != ABI_VERSIONS[name]:
+        raise RuntimeError(f"the library for {name!r} has interface version {version}, expected {ABI_VERSIONS[name]}")
 
 
 def _compiler() -> str:

@@ -6,6 +6,11 @@
  * step). l2lbench/native/dropout.py computes the same numbers with PyTorch operations. */
 #include <stdint.h>
 
+/* The version of this file's interface, checked by the loader against the signature table
+   in dropout.py (ABI_VERSIONS in build.py): bump both with any change of a signature. */
+#define L2L_ABI_VERSION 1
+int l2l_abi_version(void) { return L2L_ABI_VERSION; }
+
 #define M0 0xD2511F53u
 #define M1 0xCD9E8D57u
 #define W0 0x9E3779B9u

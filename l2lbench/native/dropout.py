@@ -85,6 +85,8 @@ def _kernel() -> ctypes._CFuncPtr | None:
         return None
     function = library.l2l_dropout
     if function.argtypes is None:
+        # The C interface, version ABI_VERSIONS['dropout'] (native/build.py; l2l_abi_version()
+        # in dropout.c): change this signature, that version and the C file together.
         function.argtypes = [ctypes.c_int64, ctypes.c_uint64, ctypes.c_float, ctypes.c_float, ctypes.c_void_p,
                              ctypes.c_void_p, ctypes.c_int]
         function.restype = None

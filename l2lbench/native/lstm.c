@@ -56,6 +56,10 @@ static inline void store(float *p, vec v) { memcpy(p, &v, sizeof v); }
 static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 int l2l_lstm_max_inputs(void) { return L2L_MAX_INPUTS; }
+/* The version of this file's interface, checked by the loader against the signature table
+   in lstm.py (ABI_VERSIONS in build.py): bump both with any change of a signature. */
+#define L2L_ABI_VERSION 1
+int l2l_abi_version(void) { return L2L_ABI_VERSION; }
 
 /* The four gates of unit u over a full tile: a 4 x TILE block of accumulators kept in
  * registers while the layer's inputs stream past, one broadcast weight per gate. */

@@ -24,6 +24,8 @@ from l2lbench.native.build import load
 from l2lbench.optim.learned import functorch_active
 
 _POINTER, _I64, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+# The C interface, version ABI_VERSIONS['lstm'] (native/build.py; l2l_abi_version() in lstm.c):
+# change a signature here, there and in the C file together.
 _SIGNATURES = {
     "l2l_lstm_step": (
         [_I64, _INT] + [_POINTER] * 8 + [_FLOAT, _POINTER, _FLOAT, _POINTER, _POINTER, _FLOAT, _INT], None
