@@ -28,12 +28,15 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports bad usage in one line (exit 2) instead of usage + error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
+        # main() prefixes "l2lbench: error: "; a subcommand adds its own name ("run: ...").
+        command = self.prog.partition(" ")[2]
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="l2lbench", description="Benchmark learned and hand-designed optimisers.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"l2lbench {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add_common(p: argparse.ArgumentParser, *, results: bool = False, data: bool = False) -> None:
@@ -76,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     importer = data_commands.add_parser("import", help="import original archives from a local folder (offline machines)")
     importer.add_argument("source", metavar="DIR", help="folder laid out as torchvision dataset roots, e.g. DIR/MNIST/raw/*.gz")
-    importer.add_argument("--data-dir", default=None, metavar="DIR")
+    importer.add_argument("--data-dir", default=None, metavar="DIR",
+                          help="where the verified copies go and where run finds them (default: $L2LBENCH_DATA, "
+                               "else the user cache folder)")
     return parser
 
 
@@ -84,6 +89,12 @@ def _data_dir(value: str | None) -> Path:
     from .tasks.datasets import default_data_dir
 
     return Path(value).expanduser() if value else default_data_dir()
+
+
+def _version() -> str:
+    from .provenance import package_version
+
+    return package_version()
 
 
 def registry_for(plugins: list[str]):
@@ -217,7 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("L2LBENCH_DEBUG") == "1"
     try:
         with _stop_on_signals():
-            args = build_parser().parse_args(argv)
+            parser = build_parser()
+            if not argv:  # bare `l2lbench`: what it can do, not only that a command is missing
+                parser.print_help()
+                return 2
+            args = parser.parse_args(argv)
             return COMMANDS[args.command](args)
     except L2LBenchError as exc:
         if debug:

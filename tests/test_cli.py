@@ -148,3 +148,17 @@ def test_missing_dataset_fails_fast_with_one_line(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1, err
     assert "fashion-mnist" in err and str(tmp_path / "data") in err and "l2lbench data import" in err
     assert not (tmp_path / "r").exists()  # nothing computed, nothing created
+
+
+def test_bare_command_version_and_error_prefix(capsys):
+    from importlib.metadata import version
+
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("usage: l2lbench") and "meta-train" in out and "report" in out
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"l2lbench {version('l2lbench')}\n"
+    assert main(["run", "--suite", "smoke", "--seeds", "0"]) == 2
+    assert capsys.readouterr().err == ("l2lbench: error: run: argument --seeds: invalid value '0' "
+                                       "(expected a positive integer)\n")
