@@ -388,3 +388,44 @@ def test_imports_have_no_side_effects():
         "assert matplotlib.rcParams._get_backend_or_none() == backend\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- published curves
+
+
+def test_the_published_curves_ship_on_one_scale():
+    from l2lbench.report.published import curves
+
+    shipped = curves()
+    assert len(shipped) == 28  # Figures 2a, 2b, 4a-c, 5: every optimiser drawn there
+    # The independent check of the scale (shared/papers/README.md): SGD on MNIST x 31.95.
+    sgd = shipped["4a", "MNIST", "SGD"]
+    assert [round(sgd.at(s)[0], 3) for s in (10, 100, 1000)] == [2.198, 1.094, 0.327]
+    assert sgd.runs == 10 and shipped["4a", "MNIST", "LSTMoptimiser"].runs == 5
+
+
+def _paper_record(optimizer, seed, losses, *, non_default=None, meta=None):
+    task = TaskSpec.from_config({"dataset": "mnist", "steps": 300, "eval_every": 100})
+    record = run_record(task, optimizer, seed, losses, meta=meta)
+    record.optimizer_config["non_default"] = non_default or {}
+    return record
+
+
+def test_runs_that_repeat_the_papers_setting_are_set_beside_its_curves():
+    # Evaluated at steps 0, 100, 200, 300; the mean at step 100 is 1.1.
+    records = [_paper_record("sgd", s, [2.3, 1.0 + s * 0.2, 0.7, 0.5]) for s in range(2)]
+    records += [_paper_record("lstm", 0, [2.3, 0.5, 0.6, 0.8], meta={"datasets": ["mnist"], "horizon": 100})]
+    # Not the paper's setting: another learning rate, a learned optimiser meta-trained elsewhere.
+    records += [_paper_record("adam", 0, [2.3, 0.4, 0.35, 0.3], non_default={"lr": 0.001})]
+    records += [_paper_record("mtl2l", 0, [2.3, 0.4, 0.35, 0.3], meta={"datasets": ["kmnist"], "horizon": 100})]
+    table = tables.build_report(records, results="r", reference="sgd").published
+    assert set(table["optimizer"]) == {"sgd", "lstm"}
+    rows = {(r["optimizer"], r["step"]): r for r in table.to_dict("records")}
+    assert rows["sgd", 100]["l2lbench"] == pytest.approx(1.1)
+    assert rows["sgd", 100]["published"] == 1.0942 and rows["sgd", 100]["published_min"] == 0.9775
+    assert rows["sgd", 100]["ratio"] == pytest.approx(1.1 / 1.0942)
+    assert rows["sgd", 300]["ratio"] == pytest.approx(0.5 / 0.5109)
+    assert math.isnan(rows["sgd", 1000]["l2lbench"])  # these runs stop at step 300
+    assert rows["lstm", 100]["ratio"] == pytest.approx(0.5 / 0.5912) and rows["lstm", 100]["figure"] == "4a"
+    text = tables.render(tables.build_report(records, results="r", reference="sgd"), "markdown")
+    assert "## Against the published curves" in text and "126.58" in text and "31.95" in text

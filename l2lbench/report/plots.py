@@ -26,6 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from . import stats
+from .published import published_for
 from .tables import BOOTSTRAP_SEED, Group, learned_datasets, setting_of
 
 #: The paper's colours, by optimiser name (a darker cyan than "cyan", visible on white).
@@ -139,6 +140,22 @@ def draw_curves(
     return handles
 
 
+def draw_published(ax: Axes, groups: Sequence[Group], palette: Mapping[str, tuple[str, Any]]) -> list[Line2D]:
+    """Each published curve that a group repeats (l2lbench.report.published), dotted in the
+    group's colour, with its min-max band over the paper's runs."""
+    handles = []
+    for group in groups:
+        curve = published_for(group)
+        if curve is None:
+            continue
+        colour, _ = palette[group.optimizer]
+        (line,) = ax.plot(curve.steps, curve.mean, color=colour, linestyle=":", linewidth=1.4,
+                          label=f"{group.optimizer}, published ({curve.label})")
+        ax.fill_between(curve.steps, curve.low, curve.high, color=colour, alpha=0.08, linewidth=0)
+        handles.append(line)
+    return handles
+
+
 def _outside_legend(figure: Figure, handles: list[Line2D]) -> None:
     # Beside the axes, never over the curves; the figure grows by the legend's width
     # (about 0.06 inch per character at this size) so the axes keep theirs.
@@ -154,7 +171,9 @@ def task_figure(
     """Test loss against step on one task, every optimiser, mean line and shaded 95% band."""
     figure = _new_figure(6.5, 4.2)
     ax = figure.add_subplot()
-    handles = draw_curves(ax, groups, colours([g.optimizer for g in groups]), log_y=log_y, seed=seed)
+    palette = colours([g.optimizer for g in groups])
+    handles = draw_curves(ax, groups, palette, log_y=log_y, seed=seed)
+    handles += draw_published(ax, groups, palette)
     ax.set_ylabel("test loss" + (" (log scale)" if log_y else ""))
     title = "\n".join([task, *textwrap.wrap(subtitle, 90)])
     ax.set_title(title, fontsize="medium")

@@ -24,7 +24,7 @@ from tabulate import tabulate
 from ..errors import L2LBenchError
 from ..store import RunRecord
 from ..suite import Suite
-from . import stats
+from . import published, stats
 
 #: Text formats and the tabulate table format each one uses.
 TABLE_FORMATS = {"markdown": "pipe", "github": "github", "latex": "latex_booktabs", "html": "html"}
@@ -481,6 +481,8 @@ class Report:
     failures: pd.DataFrame
     missing: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
+    # l2lbench beside the curves Kuo et al. (2020) published (report.published).
+    published: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def build_report(
@@ -507,6 +509,7 @@ def build_report(
         comparisons=paired_comparisons(groups, board, reference=reference, alpha=alpha),
         failures=failures(records),
         missing=missing_runs(records, suite) if suite else None,
+        published=published.comparison(groups),
     )
 
 
@@ -681,6 +684,8 @@ def document(report: Report, images: Mapping[str, str] | None = None) -> list[Bl
     for task, rows in report.comparisons.groupby("task", sort=True) if not report.comparisons.empty else []:
         blocks.append(Block("heading", task, 3))
         blocks.append(Block("table", comparisons_display(rows)))
+    if not report.published.empty:
+        blocks += _published_blocks(report.published)
     if report.missing is not None:
         blocks.append(Block("heading", "Missing runs", 2))
         if report.missing.empty:
@@ -697,6 +702,25 @@ def document(report: Report, images: Mapping[str, str] | None = None) -> list[Bl
     blocks.append(Block("heading", "Notes", 2))
     blocks.append(Block("list", list(NOTES) + report.notes))
     return blocks
+
+
+def _published_blocks(table: pd.DataFrame) -> list[Block]:
+    rows = pd.DataFrame([
+        {"task": r["task"], "optimizer": r["optimizer"], "figure": r["figure"], "step": str(r["step"]),
+         "l2lbench": num(r["l2lbench"]), "published [min, max]": _estimate(r["published"], r["published_min"],
+                                                                          r["published_max"]),
+         "l2lbench / published": num(r["ratio"], 3), "meta-trained on": _text(r["meta_trained_on"]).replace(",", ", ")}
+        for r in table.to_dict("records")
+    ])
+    return [
+        Block("heading", "Against the published curves", 2),
+        Block("text", f"Mean test loss of the runs that repeat a setting of Kuo et al. (2020) beside the curve "
+                      f"published for it ({published.SOURCE}: the learned optimisers' curves multiplied back by "
+                      "126.58, the baselines' by 31.95; the paper's figures plot the learned curves on a scale about "
+                      "4x smaller). Published min and max are over its runs; the plots draw each published curve "
+                      "dotted."),
+        Block("table", rows),
+    ]
 
 
 def _summary_blocks(report: Report, images: Mapping[str, str]) -> list[Block]:
@@ -839,6 +863,8 @@ def machine_tables(report: Report) -> dict[str, pd.DataFrame]:
     }
     if report.missing is not None:
         tables["missing"] = report.missing
+    if not report.published.empty:
+        tables["published"] = report.published
     return tables
 
 
