@@ -69,6 +69,9 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--meta-trials", type=positive_int, metavar="Q", help="meta-training trials (default: the suite's)")
     run.add_argument("--meta-steps", type=positive_int, metavar="S", help="meta-training steps per trial")
     run.add_argument("--meta-unroll", type=positive_int, metavar="XI", help="meta-training unroll length")
+    run.add_argument("--meta-seeds", type=positive_int, metavar="K",
+                     help="meta-train every learned optimiser K times (meta-training seeds); every seed runs under "
+                          "each copy (default: the suite's, else 1)")
     run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     run.add_argument("--no-batch", action="store_true", help="run seeds one by one instead of batched with vmap")
     run.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
@@ -153,7 +156,11 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
     keep_freed_memory()  # this process may train (--workers 1): reuse freed memory
     device = resolve_device(args.device)
     meta = {k: v for k, v in (("trials", args.meta_trials), ("steps", args.meta_steps), ("unroll", args.meta_unroll)) if v}
-    suite = load_suite(args.suite).with_overrides(steps=args.steps, meta=meta or None)
+    from .suite import MAX_META_SEEDS
+
+    if args.meta_seeds and args.meta_seeds > MAX_META_SEEDS:
+        raise UsageError(f"invalid --meta-seeds {args.meta_seeds} (expected at most {MAX_META_SEEDS})")
+    suite = load_suite(args.suite).with_overrides(steps=args.steps, meta=meta or None, meta_seeds=args.meta_seeds)
     workers = args.workers or _default_workers()
     Executor(workers=workers, backend=args.backend, scheduler=args.scheduler)  # bad options: exit 2 now
     names = args.optimizers
@@ -184,8 +191,10 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
     total = sum(len(j.seeds) for j in jobs)
     tasks = {t for t, _ in pairs}
     optimizers = {o.name for _, o in pairs}
+    copies = (f" (learned ones meta-trained under {suite.meta_seeds} seeds each)"
+              if suite.meta_seeds > 1 and any(o.meta_training is not None for _, o in pairs) else "")
     say(
-        f"suite {suite.name}: {len(tasks)} tasks x {len(optimizers)} optimizers x {seeds} seeds; "
+        f"suite {suite.name}: {len(tasks)} tasks x {len(optimizers)} optimizers{copies} x {seeds} seeds; "
         + (f"{total} to recompute (--rerun) " if args.rerun else f"{skipped} runs already stored (skipped), {total} to run ")
         + executor.describe()
         + (f", at most {args.run_timeout:g}s per run" if args.run_timeout else "")

@@ -478,9 +478,9 @@ def suite_runs(
 ) -> list[tuple[TaskSpec, ResolvedOptimizer]]:
     """The (task, resolved optimiser) pairs a ``run`` of ``suite`` on ``device`` covers.
 
-    Names not in the suite are registry entries with default hyperparameters; learned
-    optimisers get the suite's meta-training for each task; every optimiser its
-    :func:`numerics` on ``device``.
+    Names not in the suite are registry entries with default hyperparameters; a learned
+    optimiser gets the suite's meta-training for each task, once per meta-training seed
+    (``meta_seeds``: one pair each); every optimiser its :func:`numerics` on ``device``.
     """
     specs = None
     if optimizer_names:
@@ -493,9 +493,9 @@ def suite_runs(
         if id(spec) not in resolved:
             resolved[id(spec)] = _validated(registry.resolve(spec), suite)
         optimizer = resolved[id(spec)]
-        if _is_learned(optimizer):
-            optimizer = dataclasses.replace(optimizer, meta_training=suite.meta_training_for(spec, task))
-        pairs.append((task, dataclasses.replace(optimizer, numerics=numerics(optimizer, device))))
+        trainings = suite.meta_trainings_for(spec, task) if _is_learned(optimizer) else []
+        for copy in [dataclasses.replace(optimizer, meta_training=t) for t in trainings] or [optimizer]:
+            pairs.append((task, dataclasses.replace(copy, numerics=numerics(copy, device))))
     return pairs
 
 

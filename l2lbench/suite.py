@@ -15,6 +15,9 @@
     tasks = ["rotated-mnist"]   # or "same-as-test": each task's own dataset and learner
     trials = 20
 
+``meta_seeds = K`` (default 1) meta-trains every learned optimiser K times, with
+meta-training seeds s..s+K-1; every meta-test seed runs under each copy.
+
 An optimiser entry may carry ``tasks = ["pattern", ...]`` (it then runs on those tasks
 only), ``name = "..."`` (its name in reports) and ``meta_training = {...}`` (overrides).
 
@@ -39,7 +42,8 @@ from .specs import spec_config
 from .task import TaskSpec
 
 SAME_AS_TEST = "same-as-test"
-SUITE_KEYS = {"description", "seeds", "optimizers", "defaults", "tasks", "meta_training"}
+MAX_META_SEEDS = 100  # meta-trainings per learned optimiser and task
+SUITE_KEYS = {"description", "seeds", "meta_seeds", "optimizers", "defaults", "tasks", "meta_training"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,17 @@ class Suite:
     meta_training: Mapping[str, Any] | None = field(default=None, hash=False)
     # Command-line overrides of every meta-training config (they win over the file).
     meta_overrides: Mapping[str, Any] | None = field(default=None, hash=False)
+    # How many times each learned optimiser is meta-trained (meta-training seeds s, s+1, ...,
+    # s the config's seed): every meta-test seed runs under every meta-trained copy.
+    meta_seeds: int = 1
+
+    def meta_trainings_for(self, optimizer: OptimizerSpec, task: TaskSpec) -> list[MetaTrainingSpec]:
+        """Every meta-training of a learned optimiser for ``task``: :meth:`meta_training_for`
+        under each of the suite's meta-training seeds (empty when it has no config)."""
+        base = self.meta_training_for(optimizer, task)
+        if base is None:
+            return []
+        return [dataclasses.replace(base, seed=base.seed + k) for k in range(self.meta_seeds)]
 
     def meta_training_for(self, optimizer: OptimizerSpec, task: TaskSpec) -> MetaTrainingSpec | None:
         """How a learned optimiser is meta-trained for meta-testing on ``task``: the suite's
@@ -73,11 +88,14 @@ class Suite:
         chosen = list(self.optimizers) if optimizers is None else optimizers
         return [(t, o) for t in tasks for o in chosen if not o.only or any(task_matches(t, p) for p in o.only)]
 
-    def with_overrides(self, *, steps: int | None = None, meta: Mapping[str, Any] | None = None) -> "Suite":
-        """The suite with every task's steps and/or every meta-training key replaced."""
+    def with_overrides(
+        self, *, steps: int | None = None, meta: Mapping[str, Any] | None = None, meta_seeds: int | None = None
+    ) -> "Suite":
+        """The suite with every task's steps, every meta-training key and/or the number of
+        meta-training seeds replaced."""
         tasks = self.tasks if steps is None else tuple(dataclasses.replace(t, steps=steps) for t in self.tasks)
         merged = {**(self.meta_overrides or {}), **(meta or {})} or None
-        return dataclasses.replace(self, tasks=tasks, meta_overrides=merged)
+        return dataclasses.replace(self, tasks=tasks, meta_overrides=merged, meta_seeds=meta_seeds or self.meta_seeds)
 
     def select_tasks(self, patterns: list[str] | None) -> tuple[TaskSpec, ...]:
         """Tasks whose name or dataset name matches a pattern (exact, prefix or glob)."""
@@ -144,6 +162,9 @@ def _build(data: Mapping[str, Any], name: str, source: str) -> Suite:
     seeds = data.get("seeds", 5)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds <= 0:
         raise ConfigError(f"invalid seeds: {seeds!r} (expected a positive integer)")
+    meta_seeds = data.get("meta_seeds", 1)
+    if not isinstance(meta_seeds, int) or isinstance(meta_seeds, bool) or not 1 <= meta_seeds <= MAX_META_SEEDS:
+        raise ConfigError(f"invalid meta_seeds: {meta_seeds!r} (expected an integer from 1 to {MAX_META_SEEDS})")
     optimizers = data.get("optimizers")
     if not isinstance(optimizers, list) or not optimizers:
         raise ConfigError(f"invalid optimizers: {optimizers!r} (expected a non-empty list of names or tables)")
@@ -171,7 +192,7 @@ def _build(data: Mapping[str, Any], name: str, source: str) -> Suite:
     meta_training = data.get("meta_training")
     if meta_training is not None and not isinstance(meta_training, Mapping):
         raise ConfigError(f"invalid meta_training: {meta_training!r} (expected a table)")
-    suite = Suite(name, description, tuple(specs), opt_specs, seeds, source, meta_training)
+    suite = Suite(name, description, tuple(specs), opt_specs, seeds, source, meta_training, meta_seeds=meta_seeds)
     for spec in opt_specs:
         if spec.only and not suite.pairs(optimizers=[spec]):
             raise ConfigError(f"optimizer {spec.name!r} runs on tasks {list(spec.only)!r}, which match no task of the suite")

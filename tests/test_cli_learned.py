@@ -185,3 +185,23 @@ def test_meta_train_with_the_same_domain_suite_resolves_each_task(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and "same-as-test" not in err and "mnist" in err.lower(), err
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_meta_seeds_meta_train_every_learned_optimizer_k_times(tiny_suite, tmp_path, capsys):
+    suite = tiny_suite(TINY_META)
+    text = open(suite).read().replace('optimizers = ["sgd", "adam"]', 'optimizers = ["sgd", "lstm"]')
+    open(suite, "w").write(text)
+    results = str(tmp_path / "results")
+    assert main(["run", "--suite", suite, "--results", results, "--meta-seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("meta-trained in") == 2 and "-seed1 ..." in out
+    runs = ResultsStore(results).runs()
+    learned = [r for r in runs if r.optimizer_name == "lstm"]
+    assert len(learned) == 4 and {r.optimizer_config["meta_training"]["seed"] for r in learned} == {0, 1}
+    assert len({r.optimizer_hash for r in learned}) == 2
+    assert main(["report", "--results", results, "--no-plots"]) == 0
+    report = capsys.readouterr().out
+    assert "## Meta-training seeds" in report and "lstm [meta-seed 1]" in report
+    # Suites say it too; bad values are one line.
+    assert main(["run", "--suite", suite, "--results", results, "--meta-seeds", "0"]) == 2
+    assert "argument --meta-seeds: invalid value '0'" in capsys.readouterr().err

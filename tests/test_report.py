@@ -429,3 +429,33 @@ def test_runs_that_repeat_the_papers_setting_are_set_beside_its_curves():
     assert rows["lstm", 100]["ratio"] == pytest.approx(0.5 / 0.5912) and rows["lstm", 100]["figure"] == "4a"
     text = tables.render(tables.build_report(records, results="r", reference="sgd"), "markdown")
     assert "## Against the published curves" in text and "126.58" in text and "31.95" in text
+
+
+# --------------------------------------------------------------------------- meta-training seeds
+
+
+def _copy(task, meta_seed, seed, curve):
+    record = run_record(task, "lstm", seed, curve, meta={"horizon": 10, "datasets": ["synthetic"], "trials": 2})
+    record.optimizer_hash = f"lstm-meta{meta_seed}".ljust(16, "0")[:16]
+    record.optimizer_config["meta_training"] = {"seed": meta_seed}
+    return record
+
+
+def test_a_learned_optimizer_is_summarised_over_its_meta_training_seeds():
+    task = make_task()
+    records = [run_record(task, "sgd", s, [2.0, 1.5, 1.0, 0.8]) for s in range(2)]  # SGD at step 10: 1.5
+    finals = {0: (0.4, 0.6), 1: (0.3, 0.5), 2: (2.0, 2.2)}  # means 0.5, 0.4, 2.1
+    at_horizon = {0: 1.0, 1: 1.2, 2: 1.8}  # the third is worse than SGD at its horizon (step 10)
+    for meta_seed, pair in finals.items():
+        records += [_copy(task, meta_seed, s, [2.0, at_horizon[meta_seed], 1.0, final]) for s, final in enumerate(pair)]
+    report = tables.build_report(records, results="r", reference="sgd")
+    (row,) = report.meta_seeds.to_dict("records")
+    assert row["optimizer"] == "lstm" and row["meta_seeds"] == 3
+    assert row["median_final_loss"] == pytest.approx(0.5)
+    assert row["best_final_loss"] == pytest.approx(0.4) and row["worst_final_loss"] == pytest.approx(2.1)
+    assert row["failed"] == 1 and row["horizon"] == 10
+    assert 0.3 <= row["final_loss_low"] < 1.0 < row["final_loss_high"] <= 2.2
+    names = set(report.leaderboard["optimizer"])
+    assert names == {"sgd", "lstm [meta-seed 0]", "lstm [meta-seed 1]", "lstm [meta-seed 2]"}
+    text = tables.render(report, "markdown")
+    assert "## Meta-training seeds" in text and " 1/3 |" in text

@@ -51,8 +51,9 @@ def test_domain_shift_is_fair_and_tests_in_domain_too():
     assert {o.meta_training.hash for _, o in learned if o.entry.name == "lstm"} == {
         o.meta_training.hash for _, o in learned if o.entry.name == "mtl2l"
     }
-    (spec,) = {o.meta_training for _, o in learned}
-    assert spec.datasets == ["fashion-mnist", "kmnist"] and spec.trials == 30
+    specs = {o.meta_training for _, o in learned}
+    assert sorted(spec.seed for spec in specs) == [0, 1, 2]  # meta_seeds = 3: one spec per meta-training seed
+    assert all(spec.datasets == ["fashion-mnist", "kmnist"] and spec.trials == 30 for spec in specs)
     assert [t.dataset.name for t in load_suite("domain-shift").tasks] == ["fashion-mnist", "kmnist", "cifar10grey"]
 
 
@@ -105,7 +106,8 @@ def fake_domains(tmp_path, monkeypatch, dataset_files):
 
 def test_domain_shift_end_to_end_on_original_format_files(fake_domains, tmp_path, capsys):
     results = tmp_path / "results"
-    args = ["run", "--suite", "domain-shift", *TINY, "--results", str(results), "--data-dir", str(fake_domains)]
+    args = ["run", "--suite", "domain-shift", *TINY, "--meta-seeds", "1", "--results", str(results),
+            "--data-dir", str(fake_domains)]
     assert main(args) == 0
     runs = ResultsStore(results).runs()
     assert len(runs) == 3 * 5 * 2 and all(r.status == "ok" for r in runs)

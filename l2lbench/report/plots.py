@@ -143,14 +143,16 @@ def draw_curves(
 def draw_published(ax: Axes, groups: Sequence[Group], palette: Mapping[str, tuple[str, Any]]) -> list[Line2D]:
     """Each published curve that a group repeats (l2lbench.report.published), dotted in the
     group's colour, with its min-max band over the paper's runs."""
-    handles = []
+    handles, drawn = [], set()
     for group in groups:
         curve = published_for(group)
-        if curve is None:
+        if curve is None or curve.label in drawn:  # copies of one optimiser share its curve
             continue
+        drawn.add(curve.label)
         colour, _ = palette[group.optimizer]
+        name = group.optimizer.split(" [", 1)[0]
         (line,) = ax.plot(curve.steps, curve.mean, color=colour, linestyle=":", linewidth=1.4,
-                          label=f"{group.optimizer}, published ({curve.label})")
+                          label=f"{name}, published ({curve.label})")
         ax.fill_between(curve.steps, curve.low, curve.high, color=colour, alpha=0.08, linewidth=0)
         handles.append(line)
     return handles
@@ -184,7 +186,11 @@ def task_figure(
 def _task_subtitle(groups: Sequence[Group], domains: Mapping[str, tuple[str, ...]]) -> str:
     dataset = groups[0].dataset if groups else None
     parts = [] if dataset is None else [f"dataset {dataset}"]
+    # Copies of one learned optimiser (meta-training seeds) share one phrase.
+    described: dict[tuple[str, tuple[str, ...]], None] = {}
     for name, datasets in sorted(domains.items()) if dataset is not None else []:
+        described[(name.split(" [", 1)[0], datasets)] = None
+    for name, datasets in described:
         where = "in-domain" if dataset in datasets else "shifted"
         parts.append(f"{where} for {name} (meta-trained on {', '.join(datasets) or '?'})")
     seeds = max((len(g.ok) for g in groups), default=0)

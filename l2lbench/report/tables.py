@@ -191,10 +191,11 @@ def optimizer_label(record: RunRecord) -> str:
 MAX_SHOWN = 100
 
 
-def _display_names(pairs: Iterable[tuple[str, str]], versions: Mapping[str, str] | None = None) -> dict[str, str]:
+def _display_names(pairs: Iterable[tuple[str, str]], versions: Mapping[str, Mapping[str, Any]] | None = None
+                   ) -> dict[str, str]:
     """hash -> name, cut to :data:`MAX_SHOWN` characters; where one name stands for several
-    hashes, the code version (``versions``: hash -> e.g. "code 1a2b3c4d, protocol 1")
-    tells them apart where it differs, else the hash."""
+    hashes, the parts of ``versions`` (hash -> {"code": ..., "meta-seed": ...}) that tell
+    them apart are added (``lstm [meta-seed 1]``, ``sign [code 1a2b3c4d]``), else the hash."""
     names: dict[str, str] = {key: name if len(name) <= MAX_SHOWN else f"{name[:MAX_SHOWN - 12]}... [{key[:8]}]"
                              for key, name in pairs}
     by_name: dict[str, list[str]] = defaultdict(list)
@@ -205,21 +206,27 @@ def _display_names(pairs: Iterable[tuple[str, str]], versions: Mapping[str, str]
         if len(keys) == 1:
             out[keys[0]] = name
             continue
-        counts = defaultdict(int)
-        for key in keys:
-            counts[(versions or {}).get(key)] += 1
-        for key in keys:
-            version = (versions or {}).get(key)
-            tag = version if version and len(counts) > 1 and counts[version] == 1 else key[:8]
-            out[key] = f"{name} [{tag}]"
+        parts = [dict((versions or {}).get(key, {})) for key in keys]
+        differing = [p for p in dict.fromkeys(k for part in parts for k in part) if len({str(x.get(p)) for x in parts}) > 1]
+        tags = [", ".join(f"{p} {part.get(p, 'unknown')}" for p in differing) for part in parts]
+        unique = len(set(tags)) == len(tags) and all(tags)
+        for key, tag in zip(keys, tags):
+            out[key] = f"{name} [{tag if unique else key[:8]}]"
     return out
 
 
-def _version_text(record: RunRecord) -> str:
+def version_parts(record: RunRecord) -> dict[str, Any]:
+    """What can set two runs of one optimiser name apart: its code, protocol, numerics and
+    meta-training seed (see l2lbench.codeid, l2lbench.runner.numerics)."""
     fingerprint, protocol = code_version(record)
-    numerics = record.optimizer_config.get("numerics")
-    return (f"code {fingerprint[:8] if fingerprint else 'unknown'}, protocol {protocol if protocol is not None else 'unknown'}"
-            + (f", {numerics}" if isinstance(numerics, str) else ""))
+    config = record.optimizer_config
+    parts: dict[str, Any] = {"code": fingerprint[:8] if fingerprint else "unknown",
+                             "protocol": protocol if protocol is not None else "unknown",
+                             "numerics": config.get("numerics", "unknown")}
+    meta = config.get("meta_training")
+    if isinstance(meta, Mapping):
+        parts["meta-seed"] = meta.get("seed", 0)
+    return parts
 
 
 def group_runs(records: Sequence[RunRecord]) -> dict[str, list[Group]]:
@@ -227,7 +234,7 @@ def group_runs(records: Sequence[RunRecord]) -> dict[str, list[Group]]:
     configs or code versions)."""
     tasks = _display_names((r.task_hash, r.task_name) for r in records)
     optimizers = _display_names(((r.optimizer_hash, optimizer_label(r)) for r in records),
-                                {r.optimizer_hash: _version_text(r) for r in records})
+                                {r.optimizer_hash: version_parts(r) for r in records})
     buckets: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for record in records:
         if record.status in ("ok", "diverged"):
@@ -430,6 +437,67 @@ def paired_comparisons(
     return pd.DataFrame(rows, columns=columns)
 
 
+# --------------------------------------------------------------------------- meta-training seeds
+
+#: Resamples of the two-level bootstrap over meta-training seeds, then seeds.
+META_BOOTSTRAP = 2000
+
+
+def _at_step(group: Group, step: int) -> float:
+    """The group's mean test loss at the evaluation nearest ``step``."""
+    steps, curves = group.curves()
+    if not curves.size:
+        return math.nan
+    return float(curves.mean(axis=0)[int(np.argmin(np.abs(steps - step)))])
+
+
+def two_level_interval(samples: Sequence[np.ndarray], *, seed: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile interval of the mean over meta-training seeds of the mean over seeds,
+    resampling both levels: the meta-training seeds, then the seeds of each one drawn."""
+    samples = [s for s in samples if len(s)]
+    if len(samples) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    stats_ = np.empty(META_BOOTSTRAP)
+    for b in range(META_BOOTSTRAP):
+        chosen = rng.integers(len(samples), size=len(samples))
+        stats_[b] = np.mean([rng.choice(samples[i], size=len(samples[i])).mean() for i in chosen])
+    return float(np.quantile(stats_, alpha / 2)), float(np.quantile(stats_, 1 - alpha / 2))
+
+
+def meta_seed_summary(groups: Mapping[str, Sequence[Group]], *, seed: int = BOOTSTRAP_SEED) -> pd.DataFrame:
+    """Each learned optimiser meta-trained under several seeds, per task: the distribution
+    of its mean final test loss over its meta-training seeds, how many meta-trainings
+    failed, and a two-level interval. A meta-training fails when, at its own horizon, its
+    mean test loss is worse than SGD's (the plain ``sgd`` entry) on the same task."""
+    columns = ["task", "optimizer", "meta_seeds", "median_final_loss", "best_final_loss", "worst_final_loss",
+               "failed", "horizon", "final_loss_low", "final_loss_high"]
+    rows = []
+    for task, task_groups in sorted(groups.items()):
+        sgd = next((g for g in task_groups if g.records[0].optimizer_config.get("entry") == "sgd"
+                    and not g.records[0].optimizer_config.get("non_default")), None)
+        copies: dict[str, list[Group]] = defaultdict(list)
+        for group in task_groups:
+            if group.meta_training is not None:
+                copies[optimizer_label(group.records[0])].append(group)
+        for name, members in sorted(copies.items()):
+            if len(members) < 2:
+                continue
+            finals = [np.asarray([r.test_loss[-1] for r in g.ok], dtype=float) for g in members]
+            means = np.asarray([f.mean() if len(f) else math.nan for f in finals])
+            horizon = members[0].meta_training.get("horizon")
+            failed = None
+            if sgd is not None and isinstance(horizon, int):
+                failed = sum(not (_at_step(g, horizon) <= _at_step(sgd, horizon)) for g in members)
+            low, high = two_level_interval(finals, seed=seed)
+            rows.append({"task": task, "optimizer": name, "meta_seeds": len(members),
+                         "median_final_loss": float(np.nanmedian(means)) if np.isfinite(means).any() else math.nan,
+                         "best_final_loss": float(np.nanmin(means)) if np.isfinite(means).any() else math.nan,
+                         "worst_final_loss": float(np.max(means)) if np.isfinite(means).all() else math.nan,
+                         "failed": failed, "horizon": horizon, "final_loss_low": low, "final_loss_high": high})
+    return pd.DataFrame(rows, columns=columns)
+
+
 # --------------------------------------------------------------------------- missing and failed
 
 
@@ -483,6 +551,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     # l2lbench beside the curves Kuo et al. (2020) published (report.published).
     published: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # Learned optimisers over their meta-training seeds (meta_seed_summary).
+    meta_seeds: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def build_report(
@@ -510,6 +580,7 @@ def build_report(
         failures=failures(records),
         missing=missing_runs(records, suite) if suite else None,
         published=published.comparison(groups),
+        meta_seeds=meta_seed_summary(groups, seed=seed),
     )
 
 
@@ -684,6 +755,8 @@ def document(report: Report, images: Mapping[str, str] | None = None) -> list[Bl
     for task, rows in report.comparisons.groupby("task", sort=True) if not report.comparisons.empty else []:
         blocks.append(Block("heading", task, 3))
         blocks.append(Block("table", comparisons_display(rows)))
+    if not report.meta_seeds.empty:
+        blocks += _meta_seed_blocks(report.meta_seeds)
     if not report.published.empty:
         blocks += _published_blocks(report.published)
     if report.missing is not None:
@@ -702,6 +775,26 @@ def document(report: Report, images: Mapping[str, str] | None = None) -> list[Bl
     blocks.append(Block("heading", "Notes", 2))
     blocks.append(Block("list", list(NOTES) + report.notes))
     return blocks
+
+
+def _meta_seed_blocks(table: pd.DataFrame) -> list[Block]:
+    rows = pd.DataFrame([
+        {"task": r["task"], "optimizer": r["optimizer"], "meta-training seeds": str(r["meta_seeds"]),
+         "median final loss": num(r["median_final_loss"]), "best": num(r["best_final_loss"]),
+         "worst": num(r["worst_final_loss"]) if not _missing(r["worst_final_loss"]) else "diverged",
+         "failed meta-trainings": "-" if _missing(r["failed"]) else f"{int(r['failed'])}/{r['meta_seeds']}",
+         "mean final loss, 95% CI (both levels)": f"[{num(r['final_loss_low'])}, {num(r['final_loss_high'])}]"}
+        for r in table.to_dict("records")
+    ])
+    return [
+        Block("heading", "Meta-training seeds", 2),
+        Block("text", "A learned optimiser is a draw from its meta-training: each one meta-trained under several "
+                      "seeds is summarised over them (the leaderboards show each copy as 'name [meta-seed k]'). "
+                      "Median, best and worst of the copies' mean final test loss; a meta-training failed when, at "
+                      "its own horizon, its mean test loss is worse than SGD's on the task ('-': no SGD run); the "
+                      "interval resamples the meta-training seeds, then each one's seeds."),
+        Block("table", rows),
+    ]
 
 
 def _published_blocks(table: pd.DataFrame) -> list[Block]:
@@ -865,6 +958,8 @@ def machine_tables(report: Report) -> dict[str, pd.DataFrame]:
         tables["missing"] = report.missing
     if not report.published.empty:
         tables["published"] = report.published
+    if not report.meta_seeds.empty:
+        tables["meta_seeds"] = report.meta_seeds
     return tables
 
 
