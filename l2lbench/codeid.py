@@ -26,7 +26,8 @@ from typing import Any, Mapping
 #: draws. Stored runs of another protocol are then neither skipped nor reported as current.
 #: 1: the first keyed protocol (l2lbench 0.1: batch schedules and initialisations from
 #:    derive_seed(task hash, seed, purpose); evaluation on the full test split every
-#:    eval_every steps and at the last step; MTL2L dropout from Philox4x32-10 streams).
+#:    eval_every steps and at the last step; MTL2L dropout from Philox4x32-10 streams;
+#:    every run and meta-training on one torch thread, l2lbench.parallel.RUN_THREADS).
 PROTOCOL_VERSION = 1
 
 # Source text of plug-in files as executed, by module name (see remember_source).
