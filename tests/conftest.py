@@ -26,6 +26,23 @@ learner = {{ kind = "mlp", hidden = [8] }}
 """
 
 
+#: A two-learner meta-training of the tiny suite's task (for learned optimisers in it).
+TINY_META = """
+[meta_training]
+tasks = [{ dataset = { kind = "synthetic", n_train = 128, n_test = 64 }, learner = { kind = "mlp", hidden = [8] } }]
+steps = 6
+batch_size = 16
+trials = 2
+unroll = 3
+"""
+
+
+@pytest.fixture
+def tiny_meta() -> str:
+    """TOML to append to the tiny suite so that learned optimisers can run in it."""
+    return TINY_META
+
+
 @pytest.fixture
 def tiny_suite(tmp_path):
     """Write a tiny suite file; returns a function (extra TOML) -> path."""

@@ -11,14 +11,6 @@ from l2lbench.learned.checkpoint import load_checkpoint
 from l2lbench.store import ResultsStore
 from l2lbench.suite import load_suite
 
-TINY_META = """
-[meta_training]
-tasks = [{ dataset = { kind = "synthetic", n_train = 128, n_test = 64 }, learner = { kind = "mlp", hidden = [8] } }]
-steps = 6
-batch_size = 16
-trials = 2
-unroll = 3
-"""
 
 META_ARGS = ["--tasks", "synthetic", "--steps", "6", "--trials", "2", "--batch-size", "16"]
 
@@ -57,8 +49,8 @@ def test_meta_train_bad_input(args, message, tmp_path, capsys):
     assert message in err and len(err.splitlines()) == 1
 
 
-def test_suite_meta_trains_learned_optimizers_once_then_meta_tests(tiny_suite, tmp_path, capsys):
-    suite = tiny_suite(TINY_META)
+def test_suite_meta_trains_learned_optimizers_once_then_meta_tests(tiny_suite, tiny_meta, tmp_path, capsys):
+    suite = tiny_suite(tiny_meta)
     text = open(suite).read().replace('optimizers = ["sgd", "adam"]', 'optimizers = ["sgd", "lstm", "mtl2l"]')
     open(suite, "w").write(text)
     results = str(tmp_path / "results")
@@ -187,8 +179,8 @@ def test_meta_train_with_the_same_domain_suite_resolves_each_task(tmp_path, caps
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
-def test_meta_seeds_meta_train_every_learned_optimizer_k_times(tiny_suite, tmp_path, capsys):
-    suite = tiny_suite(TINY_META)
+def test_meta_seeds_meta_train_every_learned_optimizer_k_times(tiny_suite, tiny_meta, tmp_path, capsys):
+    suite = tiny_suite(tiny_meta)
     text = open(suite).read().replace('optimizers = ["sgd", "adam"]', 'optimizers = ["sgd", "lstm"]')
     open(suite, "w").write(text)
     results = str(tmp_path / "results")

@@ -41,17 +41,10 @@ def test_the_smoke_suite_gives_identical_curves_on_any_workers_and_backend(tmp_p
     assert {r.provenance["torch_threads"] for r in records} == {1}
 
 
-def test_the_kernel_switch_is_part_of_a_learned_optimizers_key(tiny_suite, tmp_path, monkeypatch, capsys):
+def test_the_kernel_switch_is_part_of_a_learned_optimizers_key(tiny_suite, tiny_meta, tmp_path, monkeypatch, capsys):
     if build.load("lstm") is None:
         pytest.skip(f"the C kernels cannot run here: {build.unavailable_reason('lstm')}")
-    suite = tiny_suite("""
-[meta_training]
-tasks = [{ dataset = { kind = "synthetic", n_train = 128, n_test = 64 }, learner = { kind = "mlp", hidden = [8] } }]
-steps = 6
-batch_size = 16
-trials = 2
-unroll = 3
-""")
+    suite = tiny_suite(tiny_meta)
     text = open(suite).read().replace('optimizers = ["sgd", "adam"]', 'optimizers = ["sgd", "lstm"]')
     open(suite, "w").write(text)
     results = tmp_path / "r"
