@@ -36,7 +36,7 @@ from .. import codeid
 from ..codeid import code_identity, executed_source, key_part, remember_source
 from ..errors import ConfigError, L2LBenchError, PluginError, UsageError
 from .base import capability, interface_problems
-from .spec import MAX_NAME, OptimizerSpec, config_hash, display_name, non_default, resolve_hparams
+from .spec import NAME_EXPECTED, OptimizerSpec, bad_name, config_hash, display_name, non_default, resolve_hparams
 
 ENTRY_POINT_GROUP = "l2lbench.optimizers"
 
@@ -274,10 +274,8 @@ class OptimizerRegistry:
                 "(expected OPTIMIZERS = {\"name\": factory, ...} at module level)"
             )
         for name, factory in table.items():
-            if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
-                shown = name[:40] + "..." if isinstance(name, str) and len(name) > MAX_NAME else name
-                raise PluginError(f"plug-in {reference!r} names an optimizer {shown!r} (expected a non-empty string "
-                                  f"of at most {MAX_NAME} characters)")
+            if bad_name(name):
+                raise PluginError(f"plug-in {reference!r} names an optimizer {bad_name(name)} ({NAME_EXPECTED})")
             self.add(OptimizerEntry(name, factory, f"{PLUG_IN} {reference}", module.__name__))
             if check and _builds_on_defaults(factory):
                 try:

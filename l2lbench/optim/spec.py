@@ -14,6 +14,15 @@ from ..specs import format_value
 
 #: The longest optimiser name accepted: names head report rows, legends and file names.
 MAX_NAME = 100
+NAME_EXPECTED = f"expected a non-empty string of at most {MAX_NAME} characters"
+
+
+def bad_name(name: Any) -> str | None:
+    """None for a usable optimiser name (see :data:`NAME_EXPECTED`), else the name as an
+    error message shows it (a long one cut)."""
+    if isinstance(name, str) and name.strip() and len(name) <= MAX_NAME:
+        return None
+    return repr(name[:40] + "..." if isinstance(name, str) and len(name) > MAX_NAME else name)
 
 
 @dataclass(frozen=True)
@@ -64,10 +73,8 @@ class OptimizerSpec:
             if not isinstance(only, list) or not all(isinstance(p, str) and p for p in only):
                 raise ConfigError(f"invalid tasks {only!r} of optimizer {entry!r} (expected a list of task patterns)")
             label = config.get("name")
-            if label is not None and (not isinstance(label, str) or not label.strip() or len(label) > MAX_NAME):
-                shown = label[:40] + "..." if isinstance(label, str) and len(label) > MAX_NAME else label
-                raise ConfigError(f"invalid name {shown!r} of optimizer {entry!r} (expected a non-empty string of at "
-                                  f"most {MAX_NAME} characters)")
+            if label is not None and bad_name(label):
+                raise ConfigError(f"invalid name {bad_name(label)} of optimizer {entry!r} ({NAME_EXPECTED})")
             return cls(entry, hparams, dict(meta_training) if meta_training is not None else None, tuple(only), label)
         raise ConfigError(
             f"invalid optimizer {config!r} (expected a name like \"adam\" or a table like "
