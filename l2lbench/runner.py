@@ -487,15 +487,18 @@ def suite_runs(
         known = {o.name for o in suite.optimizers}
         specs = [o for o in suite.optimizers if o.name in optimizer_names]
         specs += [OptimizerSpec(n) for n in optimizer_names if n not in known]
-    resolved: dict[int, ResolvedOptimizer] = {}
+    # Resolved, validated and classified once per optimiser, not once per task: each of
+    # these builds the plug-in.
+    resolved: dict[int, tuple[ResolvedOptimizer, bool]] = {}
     pairs = []
     for task, spec in suite.pairs(task_patterns, specs):
         if id(spec) not in resolved:
-            resolved[id(spec)] = _validated(registry.resolve(spec), suite)
-        optimizer = resolved[id(spec)]
-        trainings = suite.meta_trainings_for(spec, task) if _is_learned(optimizer) else []
-        for copy in [dataclasses.replace(optimizer, meta_training=t) for t in trainings] or [optimizer]:
-            pairs.append((task, dataclasses.replace(copy, numerics=numerics(copy, device))))
+            optimizer = _validated(registry.resolve(spec), suite)
+            resolved[id(spec)] = (dataclasses.replace(optimizer, numerics=numerics(optimizer, device)),
+                                  _is_learned(optimizer))
+        optimizer, learned = resolved[id(spec)]
+        trainings = suite.meta_trainings_for(spec, task) if learned else []
+        pairs += [(task, dataclasses.replace(optimizer, meta_training=t)) for t in trainings] or [(task, optimizer)]
     return pairs
 
 

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace, *, registry: Any, data_dir: Path) -> int:
     settings = {k: v for k, v in settings.items() if v is not None}
     optimizers = _from_suite(args, registry, settings, device) if args.suite else [_from_flags(args, registry, settings, device)]
     for optimizer in optimizers:
-        if not _learned_entry(registry, optimizer.entry.name):
+        if not optimizer.learned:
             learned = [e.name for e in registry.entries() if _learned_entry(registry, e.name)]
             raise UsageError(f"optimizer {optimizer.entry.name!r} is not learned; expected one of: {', '.join(learned)}")
     if args.out and len(optimizers) > 1:
