@@ -245,7 +245,6 @@ def _start_worker(max_memory: int | None) -> None:
 def _in_worker(fn: Callable[..., Any], index: int, item: Any, *args: Any) -> tuple[int, Any]:
     from .training import keep_freed_memory
 
-    _follow_parent()
     keep_freed_memory()  # a worker process exists to train (idempotent, a few microseconds)
     return index, fn(item, *args)
 
