@@ -12,13 +12,26 @@ gates in PyTorch's order (input, forget, cell, output)::
 
 and the learner moves by ``theta <- theta + output_scale * out`` (output_scale 0.1).
 
-Choices where the papers are silent, following the authors' code (the default, ``head =
-"authors"``): layer 1 has ``hidden`` (20) units; the last layer has a single unit whose
-hidden state *is* the output, with no separate head; layer 1's forget-gate bias is offset
-by +1 and its input-gate bias by -1. ``head = "linear"`` is the textbook variant: every
-layer has ``hidden`` units and a linear layer (hidden -> 1) reads the last one. Weights and
-biases start from PyTorch's ``nn.LSTMCell`` initialisation, U(-1/sqrt(H), 1/sqrt(H)) with
-H the layer's hidden size, the bias being the sum of LSTMCell's two bias vectors.
+Every choice and where it comes from (A: Andrychowicz et al. 2016; K: Kuo et al. 2020,
+the paper; C: the authors' public code, Nic5472K/AutoML2020_ICML_MTL2L, file
+``B001d_AutoML_LSTMoptimiser.py``; L: l2lbench's own):
+
+* two layers, the gradient preprocessing with p = 10, the output scaled by 0.1 (A, K);
+* layer 1 has ``hidden`` (20) units; the last layer has a single unit whose hidden state
+  *is* the output, with no separate head (C; ``head = "authors"``, the default).
+  ``head = "linear"`` is the textbook variant (L, after A's figure): every layer has
+  ``hidden`` units and a linear layer (hidden -> 1) reads the last one;
+* ``init_scheme = "authors"`` (the default, C): a layer with n units starts with weights and two
+  bias vectors (the input and recurrent ``nn.Linear`` biases) drawn from
+  U(-1/sqrt(4n), 1/sqrt(4n)), i.e. U(+-1/sqrt(80)) in layer 1 and U(+-0.5) in the one-unit
+  layer 2; layer 1's input and forget gates have offsets of their own, starting at -1 and
+  +1, that are separate meta-parameters. The meta-optimiser (Adam) is element-wise, so
+  each of these terms takes its own Adam step, as in the authors' code: the effective bias
+  of an input or forget gate moves up to three times as fast as a single bias would;
+* ``init_scheme = "pytorch"`` (L, l2lbench before this choice was made to follow C): PyTorch's
+  ``nn.LSTMCell`` initialisation, U(-1/sqrt(n), 1/sqrt(n)), about twice as wide, with the
+  two bias draws summed into one meta-parameter and the -1/+1 offsets added into it;
+* meta-gradients are first-order (A, K): learner gradients are data.
 
 Per-run state (hidden and cell states of each layer, one row per coordinate) lives in
 :class:`LSTMState`; the meta-parameters never change during a run. Learner gradients are
@@ -44,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
@@ -61,6 +75,7 @@ from l2lbench.optim.learned import (
 from l2lbench.optim.validate import check_range
 
 HEADS = ("authors", "linear")
+INITS = ("authors", "pytorch")
 aten = torch.ops.aten
 
 
@@ -72,21 +87,35 @@ class LSTMState(NamedTuple):
 
 
 class CoordinatewiseLSTM(nn.Module):
-    """The meta-parameters: per layer a fused gate matrix ``[W U]`` and a bias."""
+    """The meta-parameters: per layer a fused gate matrix ``[W U]`` and its bias terms, and
+    (``init_scheme = "authors"``) layer 1's input- and forget-gate offsets.
 
-    def __init__(self, sizes: list[int], head: str) -> None:
+    ``biases[k]`` is ``(terms, 4 units)``: the terms are summed into the layer's bias
+    (:meth:`bias`). They are separate rows, not one vector, because each takes its own
+    step of the element-wise meta-optimiser, as separate ``nn.Linear`` biases do."""
+
+    def __init__(self, sizes: list[int], head: str, bias_terms: int = 1, offsets: bool = False) -> None:
         super().__init__()
         self.sizes = sizes  # [inputs, units of layer 1, ..., units of the last layer]
         # (4 units, inputs + units): nn.LSTMCell's weight_ih and weight_hh side by side.
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(4 * n_out, n_in + n_out)) for n_in, n_out in zip(sizes, sizes[1:])
         )
-        self.biases = nn.ParameterList(nn.Parameter(torch.empty(4 * n_out)) for n_out in sizes[1:])
+        self.biases = nn.ParameterList(nn.Parameter(torch.empty(bias_terms, 4 * n_out)) for n_out in sizes[1:])
+        # Rows: input gate, forget gate (layer 1 only).
+        self.offsets = nn.Parameter(torch.empty(2, sizes[1])) if offsets else None
         self.head = nn.Linear(sizes[-1], 1) if head == "linear" else None
 
     @property
     def units(self) -> list[int]:
         return self.sizes[1:]
+
+    def bias(self, layer: int) -> Tensor:
+        """Layer ``layer``'s bias, (4 units,): its terms summed, plus the gate offsets."""
+        bias = self.biases[layer].sum(dim=0)
+        if layer == 0 and self.offsets is not None:  # the offsets cover the first two gates' rows
+            bias = bias + F.pad(self.offsets.flatten(), (0, bias.numel() - self.offsets.numel()))
+        return bias
 
 
 def lstm_layer(x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
@@ -270,6 +299,7 @@ class LSTMOptimizer(LearnedOptimizer):
     preprocess_p: float = 10.0
     output_scale: float = 0.1
     head: str = "authors"
+    init_scheme: str = "authors"
     meta: CoordinatewiseLSTM | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -281,21 +311,29 @@ class LSTMOptimizer(LearnedOptimizer):
         check_range("output_scale", self.output_scale, 0.0, low_open=True)
         if self.head not in HEADS:
             raise ValueError(f"invalid head: {self.head!r} (expected one of {', '.join(HEADS)})")
+        if self.init_scheme not in INITS:
+            raise ValueError(f"invalid init_scheme: {self.init_scheme!r} (expected one of {', '.join(INITS)})")
 
     def init_meta(self, *, generator: torch.Generator) -> CoordinatewiseLSTM:
         last = 1 if self.head == "authors" else self.hidden
         sizes = [2] + [self.hidden] * (self.layers - 1) + [last]
-        module = CoordinatewiseLSTM(sizes, self.head)
+        authors = self.init_scheme == "authors"
+        module = CoordinatewiseLSTM(sizes, self.head, bias_terms=2 if authors else 1, offsets=authors)
         for weight, bias, units in zip(module.weights, module.biases, module.units):
-            bound = 1 / math.sqrt(units)
+            bound = 1 / math.sqrt(4 * units if authors else units)
             uniform_(weight, bound, generator)
-            with torch.no_grad():  # LSTMCell has two bias vectors; their sum is the bias
-                bias.copy_(torch.empty_like(bias).uniform_(-bound, bound, generator=generator)
-                           + torch.empty_like(bias).uniform_(-bound, bound, generator=generator))
+            with torch.no_grad():  # two bias vectors (input and recurrent), as in nn.LSTMCell
+                first = torch.empty(bias.shape[1]).uniform_(-bound, bound, generator=generator)
+                second = torch.empty(bias.shape[1]).uniform_(-bound, bound, generator=generator)
+                bias.copy_(torch.stack([first, second]) if authors else (first + second).unsqueeze(0))
         with torch.no_grad():
-            first, n = module.biases[0], module.units[0]
-            first[0:n] -= 1.0  # input gate: start by writing little into the cell
-            first[n : 2 * n] += 1.0  # forget gate: start by remembering
+            n = module.units[0]
+            # Input gate -1: start by writing little into the cell; forget gate +1: by remembering.
+            offsets = torch.tensor([-1.0, 1.0]).repeat_interleave(n)
+            if module.offsets is not None:
+                module.offsets.copy_(offsets.view(2, n))
+            else:
+                module.biases[0][0, : 2 * n] += offsets
         if module.head is not None:
             bound = 1 / math.sqrt(self.hidden)
             uniform_(module.head.weight, bound, generator)
@@ -321,14 +359,15 @@ class LSTMOptimizer(LearnedOptimizer):
         differentiable = torch.is_grad_enabled()
         grad = flatten_coordinates(grads).to(module.weights[0].dtype)
         flat = flatten_coordinates(params)
+        biases = [module.bias(k) for k in range(len(module.weights))]
         if native.applies(grad, flat, module.weights):  # meta-test on a CPU: one fused pass
             new_flat, hidden, cell = native.lstm_step(
-                grad, flat, state.hidden, state.cell, module.weights, module.biases,
+                grad, flat, state.hidden, state.cell, module.weights, biases,
                 preprocess_p=self.preprocess_p, output_scale=self.output_scale, head=module.head,
             )
             return unflatten_coordinates(new_flat, params), LSTMState(hidden, cell)
         hidden, cell = [], []
-        layers = list(zip(module.weights, module.biases, state.hidden, state.cell))
+        layers = list(zip(module.weights, biases, state.hidden, state.cell))
         if differentiable or functorch_active():
             x = gradient_features(grad, self.preprocess_p)
         else:  # meta-test: the first layer reads its whole input from one block
@@ -351,7 +390,14 @@ class LSTMOptimizer(LearnedOptimizer):
 
 
 def lstm(
-    hidden: int = 20, layers: int = 2, preprocess_p: float = 10.0, output_scale: float = 0.1, head: str = "authors"
+    hidden: int = 20,
+    layers: int = 2,
+    preprocess_p: float = 10.0,
+    output_scale: float = 0.1,
+    head: str = "authors",
+    init_scheme: str = "authors",
 ) -> LSTMOptimizer:
     """Coordinatewise LSTM optimiser (Andrychowicz et al. 2016); learned, meta-train it first."""
-    return LSTMOptimizer(hidden=hidden, layers=layers, preprocess_p=preprocess_p, output_scale=output_scale, head=head)
+    return LSTMOptimizer(
+        hidden=hidden, layers=layers, preprocess_p=preprocess_p, output_scale=output_scale, head=head, init_scheme=init_scheme
+    )

@@ -12,31 +12,44 @@ from the meta-initialisation generator) and never trained: they are module *buff
 checkpoint restores them exactly. The diagonals come from hypernetworks N that read x_t
 (the flattened, normalised images; 784 features for the paper's data).
 
-Where the paper is silent this follows the authors' public code (each choice a default):
+Every choice and where it comes from (K: the paper; C: the authors' public code,
+Nic5472K/AutoML2020_ICML_MTL2L, file ``B002d_AutoML_MTL2L.py``; L: l2lbench's own).
+The defaults follow C wherever the paper is silent; the earlier l2lbench choices stay
+reachable as options:
 
 * the two preprocessed gradient features (p = 10) first pass through a learned
-  Linear(2, hidden) without bias, then through the SVD synapse;
+  Linear(2, hidden) without bias, then through the SVD synapse (C);
 * layer 1 has ``hidden`` (20) units; each of its 4 gates (input, forget, cell, output) has
   its own fixed factors, and one hypernetwork per synapse family gives the diagonal shared
-  by the 4 gates: N1 for the input synapses, N2 for the recurrent ones;
-* a hypernetwork is Linear(features, 32) -> ReLU -> Linear(32, out); its output is averaged
-  over the batch, and for layer 1 passed through a ReLU (non-negative singular values);
-* layer 2 has a single unit whose hidden state, scaled by 0.1, is the update (as in the
-  LSTM optimiser): its per-gate input synapse is a learned ``hidden``-vector scaled by the
-  (scalar) output of a third hypernetwork, its recurrent synapse the scalar output of a
-  fourth;
+  by the 4 gates: N1 for the input synapses, N2 for the recurrent ones (C);
+* a hypernetwork is Linear(features, 32) -> ReLU -> Linear(32, out), averaged over the
+  batch (C); layer 1's diagonals pass through a ReLU (non-negative singular values, C);
+* layer 2 has a single unit whose hidden state, scaled by 0.1, is the update (C, as in the
+  LSTM optimiser). Its input synapse for gate g is a learned ``hidden``-vector scaled by
+  the g-th output of a third hypernetwork, its recurrent weight for gate g the g-th output
+  of a fourth: ``layer2_gates = 4`` values each (C, the default); ``layer2_gates = 1``
+  shares one value between the four gates (L, l2lbench before it followed C);
+* Eq. 17 of Appendix B.5.3 smooths the hypernetwork outputs across learner steps,
+  ``N_t = 0.9 N_{t-1} + 0.1 MLP(x_t)`` with ``N_0 = 0``. For layer 1 the running average
+  is of the ReLU's output (``smooth_after_relu = True``, C, the default); ``False``
+  smooths first and applies the ReLU to the average (L, earlier). The paper used Eq. 17
+  for multi-task meta-training (Scenario 2); it is on by default here (``smoothing =
+  0.9``, C does it in every script); ``smoothing = 0`` gives Scenario 1's plain
+  ``N_t = MLP(x_t)``. The running averages are per-run state, never module attributes;
 * dropout inside each hypernetwork during meta-training only: 0.1 on its input, 0.25 after
-  the ReLU, 0.1 on its output (``dropout``), with masks drawn from the run's generator
-  (through a Philox stream it seeds: :mod:`l2lbench.native.dropout`);
-* layer 1's forget-gate bias starts at +1 and its input-gate bias at -1 (offsets on the
-  LSTM-style U(-1/sqrt(H), 1/sqrt(H)) initialisation); linear layers start from PyTorch's
-  defaults.
-
-Eq. 17 of Appendix B.5.3 smooths the hypernetwork outputs across learner steps,
-``N_t = 0.9 N_{t-1} + 0.1 MLP(x_t)`` with ``N_0 = 0``, applied before the ReLU. The paper
-used it for multi-task meta-training (Scenario 2); it is on by default here
-(``smoothing = 0.9``); ``smoothing = 0`` gives Scenario 1's plain ``N_t = MLP(x_t)``.
-The running averages are per-run state, never module attributes.
+  the ReLU, 0.1 on its output (``dropout``, C), with masks drawn from the run's generator
+  (through a Philox stream it seeds: :mod:`l2lbench.native.dropout`; L);
+* ``init_scheme = "authors"`` (the default, C): the embedding from U(+-1/sqrt(hidden)),
+  layer 2's input vectors from U(+-1), the hypernetworks from PyTorch's ``nn.Linear``
+  defaults (C's ``init_weight`` meant to scale them by 0.01 but matches no parameter, so
+  C runs with the defaults too), and biases only on the input and forget gates of both
+  layers, starting at -1 and +1; the cell and output gates have none.
+  ``init_scheme = "pytorch"`` (L, earlier): every linear map from PyTorch's defaults, a
+  trained bias on every gate, layer 1's from U(+-1/sqrt(hidden)) with the -1/+1 offsets
+  added, layer 2's from U(+-1), layer 2's input vectors from U(+-1/sqrt(hidden));
+* not followed: C adds decaying noise to the learner's parameters after every
+  meta-training update (Appendix B.5.3); that is a meta-training option here
+  (``param_noise``), off by default, because the paper's Algorithm 1 has no such step.
 
 Because the synapses depend on the batch but not on the coordinate, each step first
 composes the small per-gate matrices (folding the Linear(2, hidden) into W_t) and then does
@@ -75,6 +88,7 @@ from l2lbench.optimizers.lstm import first_layer_block, lstm_layer_fused, lstm_l
 
 FAMILIES = ("input1", "recurrent1", "input2", "recurrent2")
 GATES = 4
+INITS = ("authors", "pytorch")
 
 
 class MTL2LState(NamedTuple):
@@ -107,17 +121,21 @@ def _dropout(x: Tensor, rate: float, generator: torch.Generator | None) -> Tenso
 
 
 class MTL2LMeta(nn.Module):
-    """Meta-parameters (embedding, hypernetworks, layer-2 vectors, biases) and fixed factors."""
+    """Meta-parameters (embedding, hypernetworks, layer-2 vectors, biases) and fixed factors.
 
-    def __init__(self, hidden: int, features: int, width: int) -> None:
+    ``bias1``/``bias2`` cover the first ``biased_gates`` gates (input, forget, ...): 2 for
+    the authors' layout, whose cell and output gates have no bias, 4 for a bias on every
+    gate; :meth:`bias` gives the full (4 units,) vector."""
+
+    def __init__(self, hidden: int, features: int, width: int, layer2_gates: int = 1, biased_gates: int = GATES) -> None:
         super().__init__()
         self.embed = nn.Parameter(torch.empty(hidden, 2))  # Linear(2, hidden), no bias
         self.hyper = nn.ModuleDict(
-            {name: Hypernetwork(features, width, hidden if name.endswith("1") else 1) for name in FAMILIES}
+            {name: Hypernetwork(features, width, hidden if name.endswith("1") else layer2_gates) for name in FAMILIES}
         )
-        self.bias1 = nn.Parameter(torch.empty(GATES * hidden))
+        self.bias1 = nn.Parameter(torch.empty(biased_gates * hidden))
         self.input2 = nn.Parameter(torch.empty(GATES, hidden))
-        self.bias2 = nn.Parameter(torch.empty(GATES))
+        self.bias2 = nn.Parameter(torch.empty(biased_gates))
         for name in ("q", "p", "s", "j"):  # per gate, fixed: never trained, saved with the module
             self.register_buffer(name, torch.empty(GATES, hidden, hidden))
 
@@ -128,6 +146,12 @@ class MTL2LMeta(nn.Module):
     @property
     def features(self) -> int:
         return self.hyper["input1"].first.in_features
+
+    @staticmethod
+    def bias(bias: Tensor, units: int) -> Tensor:
+        """``bias1`` or ``bias2`` as the full (4 units,) vector, gates without one at zero."""
+        missing = GATES * units - bias.numel()
+        return bias if missing == 0 else F.pad(bias, (0, missing))
 
 
 def haar_orthogonal(dim: int, count: int, seed: int) -> np.ndarray:
@@ -169,6 +193,9 @@ class MTL2L(LearnedOptimizer):
     dropout: tuple[float, float, float] = (0.1, 0.25, 0.1)
     preprocess_p: float = 10.0
     output_scale: float = 0.1
+    layer2_gates: int = 4
+    smooth_after_relu: bool = True
+    init_scheme: str = "authors"
     meta: MTL2LMeta | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -184,22 +211,36 @@ class MTL2L(LearnedOptimizer):
         object.__setattr__(self, "dropout", tuple(float(r) for r in self.dropout))
         check_range("preprocess_p", self.preprocess_p, 0.0, low_open=True)
         check_range("output_scale", self.output_scale, 0.0, low_open=True)
+        if self.layer2_gates not in (1, GATES) or isinstance(self.layer2_gates, bool):
+            raise ValueError(f"invalid layer2_gates: {self.layer2_gates!r} (expected 4, one value per gate, or 1, shared)")
+        if not isinstance(self.smooth_after_relu, bool):
+            raise ValueError(f"invalid smooth_after_relu: {self.smooth_after_relu!r} (expected true or false)")
+        if self.init_scheme not in INITS:
+            raise ValueError(f"invalid init_scheme: {self.init_scheme!r} (expected one of {', '.join(INITS)})")
 
     def init_meta(self, *, generator: torch.Generator) -> MTL2LMeta:
         H = self.hidden
-        module = MTL2LMeta(H, self.context_features, self.hyper_width)
-        uniform_(module.embed, 1 / math.sqrt(2), generator)
+        authors = self.init_scheme == "authors"
+        module = MTL2LMeta(H, self.context_features, self.hyper_width, self.layer2_gates, 2 if authors else GATES)
+        uniform_(module.embed, 1 / math.sqrt(H if authors else 2), generator)
         for hyper in module.hyper.values():
             for layer in (hyper.first, hyper.second):
                 bound = 1 / math.sqrt(layer.in_features)
                 uniform_(layer.weight, bound, generator)
                 uniform_(layer.bias, bound, generator)
-        uniform_(module.bias1, 1 / math.sqrt(H), generator)
-        uniform_(module.input2, 1 / math.sqrt(H), generator)
-        uniform_(module.bias2, 1.0, generator)
+        if authors:
+            uniform_(module.input2, 1.0, generator)
+        else:
+            uniform_(module.bias1, 1 / math.sqrt(H), generator)
+            uniform_(module.input2, 1 / math.sqrt(H), generator)
+            uniform_(module.bias2, 1.0, generator)
         with torch.no_grad():
-            module.bias1[0:H] -= 1.0  # input gate
-            module.bias1[H : 2 * H] += 1.0  # forget gate
+            if authors:  # only the input (-1) and forget (+1) gates have a bias
+                module.bias1.copy_(torch.tensor([-1.0, 1.0]).repeat_interleave(H))
+                module.bias2.copy_(torch.tensor([-1.0, 1.0]))
+            else:
+                module.bias1[0:H] -= 1.0  # input gate
+                module.bias1[H : 2 * H] += 1.0  # forget gate
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
             factors = torch.as_tensor(haar_orthogonal(H, 4 * GATES, seed), dtype=torch.float32).view(4, GATES, H, H)
             for name, value in zip(("q", "p", "s", "j"), factors):
@@ -211,7 +252,7 @@ class MTL2L(LearnedOptimizer):
         dtype, device = module.embed.dtype, next(iter(params.values())).device
         n = sum(v.numel() for v in params.values())
         zeros = lambda *shape: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
-        context = tuple(zeros(module.hidden if name.endswith("1") else 1) for name in FAMILIES)
+        context = tuple(zeros(module.hyper[name].second.out_features) for name in FAMILIES)
         return MTL2LState(hidden=(zeros(module.hidden, n), zeros(1, n)), cell=(zeros(module.hidden, n), zeros(1, n)), context=context)
 
     def context_values(self, inputs: Tensor | None, previous: tuple[Tensor, ...], generator: torch.Generator | None) -> tuple[Tensor, ...]:
@@ -231,9 +272,13 @@ class MTL2L(LearnedOptimizer):
         if module.training or torch.is_grad_enabled():
             rates = self.dropout if module.training else (0.0, 0.0, 0.0)
             raw = [module.hyper[name](x, rates, generator) for name in FAMILIES]
+            if self.smooth_after_relu:  # layer 1's diagonals: the running average of ReLU outputs
+                raw[0], raw[1] = F.relu(raw[0]), F.relu(raw[1])
             return tuple(torch.lerp(value, prev, m) for prev, value in zip(previous, raw))  # m prev + (1 - m) value
         # Meta-test: the 4 outputs as one vector, smoothed in one operation.
         raw_all = self._hypernetworks_without_dropout(x)
+        if self.smooth_after_relu:
+            raw_all[: 2 * module.hidden].relu_()
         smoothed = raw_all if m == 0 else torch.lerp(raw_all, torch.cat(previous), m)  # m prev + (1 - m) raw
         return smoothed.split([p.numel() for p in previous])
 
@@ -257,33 +302,36 @@ class MTL2L(LearnedOptimizer):
         H = module.hidden
         differentiable = torch.is_grad_enabled()
         smoothed = self.context_values(context.inputs, state.context, context.generator)
-        input1, recurrent1 = F.relu(smoothed[0]), F.relu(smoothed[1])
-        scale2, recurrent2 = smoothed[2], smoothed[3]
+        input1, recurrent1 = smoothed[0], smoothed[1]
+        if not self.smooth_after_relu:
+            input1, recurrent1 = F.relu(input1), F.relu(recurrent1)
+        scale2, recurrent2 = smoothed[2], smoothed[3]  # 1 or 4 values (layer2_gates)
+        bias1, bias2 = module.bias(module.bias1, H), module.bias(module.bias2, 1)
 
         # Layer 1: W_t folded with the Linear(2, H) embedding, stacked over the 4 gates.
         w = svd_synapse(module.q, input1, module.p) @ module.embed  # (gates, H, 2)
         u = svd_synapse(module.s, recurrent1, module.j)  # (gates, H, H)
         weight1 = torch.cat([w, u], dim=2).reshape(GATES * H, 2 + H)
         # Layer 2 (one unit): per gate a learned H-vector scaled by N3, recurrent weight N4.
-        weight2 = torch.cat([module.input2 * scale2, recurrent2.expand(GATES, 1)], dim=1)  # (gates, H + 1)
+        weight2 = torch.cat([module.input2 * scale2.view(-1, 1), recurrent2.view(-1, 1).expand(GATES, 1)], dim=1)  # (gates, H + 1)
 
         grad = flatten_coordinates(grads).to(module.embed.dtype)
         flat = flatten_coordinates(params)
         if native.applies(grad, flat, (weight1, weight2)):  # meta-test on a CPU: one fused pass
             new_flat, hidden, cell = native.lstm_step(
-                grad, flat, state.hidden, state.cell, (weight1, weight2), (module.bias1, module.bias2),
+                grad, flat, state.hidden, state.cell, (weight1, weight2), (bias1, bias2),
                 preprocess_p=self.preprocess_p, output_scale=self.output_scale,
             )
             new_state = MTL2LState(hidden=hidden, cell=cell, context=smoothed)
             return unflatten_coordinates(new_flat, params), new_state
         if differentiable or functorch_active():
             layer = lstm_layer_fused if differentiable else lstm_layer_inplace
-            h1, c1 = layer(gradient_features(grad, self.preprocess_p), state.hidden[0], state.cell[0], weight1, module.bias1)
+            h1, c1 = layer(gradient_features(grad, self.preprocess_p), state.hidden[0], state.cell[0], weight1, bias1)
         else:  # meta-test: layer 1 reads its whole input from one block
             layer = lstm_layer_inplace
             block = first_layer_block(grad, state.hidden[0], self.preprocess_p)
-            h1, c1 = layer(None, state.hidden[0], state.cell[0], weight1, module.bias1, block=block)
-        h2, c2 = layer(h1, state.hidden[1], state.cell[1], weight2, module.bias2)
+            h1, c1 = layer(None, state.hidden[0], state.cell[0], weight1, bias1, block=block)
+        h2, c2 = layer(h1, state.hidden[1], state.cell[1], weight2, bias2)
         if differentiable:
             new_flat = flat + (self.output_scale * h2.squeeze(0)).to(flat.dtype)
         else:
@@ -300,9 +348,13 @@ def mtl2l(
     dropout: tuple[float, float, float] = (0.1, 0.25, 0.1),
     preprocess_p: float = 10.0,
     output_scale: float = 0.1,
+    layer2_gates: int = 4,
+    smooth_after_relu: bool = True,
+    init_scheme: str = "authors",
 ) -> MTL2L:
     """MTL2L (Kuo et al. 2020): a context-aware LSTM optimiser; learned, meta-train it first."""
     return MTL2L(
         hidden=hidden, context_features=context_features, hyper_width=hyper_width, smoothing=smoothing,
-        dropout=dropout, preprocess_p=preprocess_p, output_scale=output_scale,
+        dropout=dropout, preprocess_p=preprocess_p, output_scale=output_scale, layer2_gates=layer2_gates,
+        smooth_after_relu=smooth_after_relu, init_scheme=init_scheme,
     )

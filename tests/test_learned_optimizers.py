@@ -54,16 +54,23 @@ def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
 
-def test_one_lstm_step_by_hand():
-    """A 1-layer LSTM with one unit (authors' head, layers=1): every number by hand."""
-    opt = lstm(layers=1, hidden=1, output_scale=0.1)
+@pytest.mark.parametrize("init_scheme", ["authors", "pytorch"])
+def test_one_lstm_step_by_hand(init_scheme):
+    """A 1-layer LSTM with one unit (authors' head, layers=1): every number by hand. With the
+    authors' initialisation the bias is the sum of two rows plus the input/forget offsets."""
+    opt = lstm(layers=1, hidden=1, output_scale=0.1, init_scheme=init_scheme)
     module = opt.init_meta(generator=torch.Generator().manual_seed(0))
     # weight rows: [x0, x1, h]; columns: gates i, f, a, o.
     w = [[0.1, 0.2, 0.3, 0.4], [0.5, -0.6, 0.7, -0.8], [0.9, 1.0, -1.1, 1.2]]
     b = [0.01, 0.02, 0.03, 0.04]
     with torch.no_grad():
         module.weights[0].copy_(torch.tensor(w).t())
-        module.biases[0].copy_(torch.tensor(b))
+        if init_scheme == "authors":
+            module.biases[0].copy_(torch.tensor([[0.0, 0.0, 0.01, 0.02], [0.01, 0.02, 0.02, 0.02]]))
+            module.offsets.copy_(torch.tensor([[-0.5], [0.7]]))
+            b = [0.01 - 0.5, 0.02 + 0.7, 0.03, 0.04]
+        else:
+            module.biases[0].copy_(torch.tensor([b]))
     opt = opt.with_meta(module)
     g = -0.5
     params = {"theta": torch.tensor([2.0])}
@@ -92,12 +99,12 @@ def test_linear_head_matches_torch_lstm_cells():
     opt = bind_fresh(lstm(head="linear"), seed=3)
     module = opt.meta
     cells = []
-    for weight, bias, (n_in, n_out) in zip(module.weights, module.biases, zip(module.sizes, module.sizes[1:])):
+    for k, (weight, (n_in, n_out)) in enumerate(zip(module.weights, zip(module.sizes, module.sizes[1:]))):
         cell = torch.nn.LSTMCell(n_in, n_out)
         with torch.no_grad():
             cell.weight_ih.copy_(weight[:, :n_in])
             cell.weight_hh.copy_(weight[:, n_in:])
-            cell.bias_ih.copy_(bias)
+            cell.bias_ih.copy_(module.bias(k))
             cell.bias_hh.zero_()
         cells.append(cell)
     generator = torch.Generator().manual_seed(1)
@@ -116,16 +123,56 @@ def test_linear_head_matches_torch_lstm_cells():
         torch.testing.assert_close(flatten_coordinates(params), theta.detach(), rtol=1e-6, atol=1e-6)
 
 
-def test_lstm_architecture_and_bias_offsets():
+def _within(t, bound, tol=1e-6):
+    """All of ``t`` in [-bound, bound], and spread over most of it (not a narrower draw)."""
+    t = t.detach().abs()
+    return bool((t <= bound + tol).all()) and float(t.max()) > 0.8 * bound
+
+
+def test_lstm_authors_initialisation():
+    """The authors' code (B001d): layer 1 U(+-1/sqrt(4*20)), the one-unit layer 2 U(+-1/sqrt(4));
+    two bias vectors per layer; -1/+1 input/forget offsets as parameters of their own."""
     opt = bind_fresh(lstm())
-    assert opt.meta.sizes == [2, 20, 1]  # authors: second layer has one unit, no head
-    assert opt.meta.head is None
-    bias = opt.meta.biases[0]
-    bound = 2 / math.sqrt(20)  # sum of two U(-1/sqrt(H), 1/sqrt(H)) bias vectors
+    m = opt.meta
+    assert m.sizes == [2, 20, 1]  # authors: second layer has one unit, no head
+    assert m.head is None
+    assert _within(m.weights[0], 1 / math.sqrt(80)) and _within(m.weights[1], 0.5)
+    assert m.biases[0].shape == (2, 80) and m.biases[1].shape == (2, 4)
+    assert _within(m.biases[0], 1 / math.sqrt(80)) and _within(m.biases[1], 0.5)
+    assert torch.equal(m.offsets, torch.tensor([[-1.0] * 20, [1.0] * 20]))
+    assert "offsets" in dict(m.named_parameters())
+    bias = m.bias(0)
+    torch.testing.assert_close(bias[:20], m.biases[0][:, :20].sum(0) - 1)  # input gate
+    torch.testing.assert_close(bias[20:40], m.biases[0][:, 20:40].sum(0) + 1)  # forget gate
+    torch.testing.assert_close(bias[40:], m.biases[0][:, 40:].sum(0))  # cell and output gates
+    torch.testing.assert_close(m.bias(1), m.biases[1].sum(0))  # layer 2: no offsets
+
+
+def test_lstm_pytorch_initialisation_is_the_earlier_one():
+    opt = bind_fresh(lstm(init_scheme="pytorch"))
+    m = opt.meta
+    assert m.offsets is None and m.biases[0].shape == (1, 80)
+    assert _within(m.weights[0], 1 / math.sqrt(20)) and _within(m.weights[1], 1.0)
+    bias, bound = m.bias(0), 2 / math.sqrt(20)  # sum of two U(-1/sqrt(H), 1/sqrt(H)) draws
     assert (bias[:20] < -1 + bound + 1e-6).all() and (bias[:20] > -1 - bound - 1e-6).all()  # input gate -1
     assert (bias[20:40] > 1 - bound - 1e-6).all() and (bias[20:40] < 1 + bound + 1e-6).all()  # forget gate +1
     textbook = bind_fresh(lstm(head="linear"))
     assert textbook.meta.sizes == [2, 20, 20] and textbook.meta.head is not None
+
+
+def test_separate_bias_terms_take_their_own_adam_step():
+    """Adam's first step moves every element by lr (m / sqrt(v) = sign g): the input gate's
+    bias, three terms in the authors' layout, moves by 3 lr; the cell gate's, two, by 2 lr."""
+    from l2lbench.learned.train import MetaAdam
+
+    m = lstm().init_meta(generator=torch.Generator().manual_seed(0))
+    before = m.bias(0).detach().clone()
+    meta_optimizer = MetaAdam(m, lr=0.001)
+    m.bias(0).sum().backward()  # gradient 1 on every effective bias element
+    meta_optimizer.step()
+    moved = before - m.bias(0).detach()
+    torch.testing.assert_close(moved[:40], torch.full((40,), 0.003), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(moved[40:], torch.full((40,), 0.002), rtol=1e-4, atol=1e-7)
 
 
 def test_meta_init_is_a_function_of_the_generator():
@@ -207,6 +254,8 @@ def _reference_mtl2l_step(opt, grads, state, params, inputs):
     m = opt.meta
     x = inputs.reshape(inputs.shape[0], -1)
     raw = [m.hyper[f].second(torch.relu(m.hyper[f].first(x))).mean(0) for f in FAMILIES]
+    if opt.smooth_after_relu:
+        raw[0], raw[1] = torch.relu(raw[0]), torch.relu(raw[1])
     smoothed = [opt.smoothing * prev + (1 - opt.smoothing) * r for prev, r in zip(state.context, raw)]
     gamma, omega = torch.relu(smoothed[0]), torch.relu(smoothed[1])
     g = flatten_coordinates(grads)
@@ -214,15 +263,20 @@ def _reference_mtl2l_step(opt, grads, state, params, inputs):
     h1, c1 = state.hidden[0].t(), state.cell[0].t()  # (coordinates, units) here
     h2, c2 = state.hidden[1].t(), state.cell[1].t()
     H = m.hidden
+    bias1, bias2 = m.bias(m.bias1, H), m.bias(m.bias2, 1)
     pre1 = []
     for gate in range(4):
         W = m.q[gate] @ torch.diag(gamma) @ m.p[gate].t()
         U = m.s[gate] @ torch.diag(omega) @ m.j[gate].t()
-        pre1.append(xe @ W.t() + h1 @ U.t() + m.bias1[gate * H : (gate + 1) * H])
+        pre1.append(xe @ W.t() + h1 @ U.t() + bias1[gate * H : (gate + 1) * H])
     i, f, a, o = pre1
     c1 = torch.sigmoid(f) * c1 + torch.sigmoid(i) * torch.tanh(a)
     h1 = torch.sigmoid(o) * torch.tanh(c1)
-    pre2 = [smoothed[2] * (h1 @ m.input2[gate]).unsqueeze(1) + smoothed[3] * h2 + m.bias2[gate] for gate in range(4)]
+    per_gate = lambda v, gate: v[gate if v.numel() == 4 else 0]  # noqa: E731
+    pre2 = [
+        per_gate(smoothed[2], gate) * (h1 @ m.input2[gate]).unsqueeze(1) + per_gate(smoothed[3], gate) * h2 + bias2[gate]
+        for gate in range(4)
+    ]
     i, f, a, o = pre2
     c2 = torch.sigmoid(f) * c2 + torch.sigmoid(i) * torch.tanh(a)
     h2 = torch.sigmoid(o) * torch.tanh(c2)
@@ -230,9 +284,11 @@ def _reference_mtl2l_step(opt, grads, state, params, inputs):
 
 
 @pytest.mark.parametrize("grad_enabled", [True, False], ids=["meta-training path", "meta-test path"])
-@pytest.mark.parametrize("smoothing", [0.9, 0.0])
-def test_mtl2l_matches_straightforward_implementation(smoothing, grad_enabled):
-    opt = bind_fresh(mtl2l(smoothing=smoothing), seed=4)
+@pytest.mark.parametrize("kwargs", [
+    {}, {"smoothing": 0.0}, {"layer2_gates": 1, "smooth_after_relu": False, "init_scheme": "pytorch"},
+], ids=["authors", "no-smoothing", "earlier-l2lbench"])
+def test_mtl2l_matches_straightforward_implementation(kwargs, grad_enabled):
+    opt = bind_fresh(mtl2l(**kwargs), seed=4)
     generator = torch.Generator().manual_seed(0)
     params = {"w": torch.randn(32, 784, generator=generator) * 0.05, "b": torch.zeros(32)}
     state = opt.init(params)
@@ -247,15 +303,111 @@ def test_mtl2l_matches_straightforward_implementation(smoothing, grad_enabled):
             torch.testing.assert_close(got, want.detach(), atol=1e-6, rtol=1e-5)
 
 
+def _tiny_mtl2l(**kwargs):
+    """MTL2L with 2 units, 2 context features and hypernetworks of width 1, every
+    meta-parameter set by hand: identity factors (W_g = diag(N1), U_g = diag(N2)), each
+    hypernetwork's first layer reads relu(x[0]), so its batch mean is z = mean relu(x[:, 0])."""
+    opt = mtl2l(hidden=2, context_features=2, hyper_width=1, smoothing=0.5, dropout=(0.0, 0.0, 0.0), **kwargs)
+    m = opt.init_meta(generator=torch.Generator().manual_seed(0))
+    second = {  # (weight column, bias) of each hypernetwork's second layer
+        "input1": ([1.0, -1.0], [0.0, 1.0]),
+        "recurrent1": ([0.5, 0.5], [0.2, -0.4]),
+        "input2": ([1.0, 2.0, -1.0, 0.5], [0.0, 0.0, 0.0, 0.0]),
+        "recurrent2": ([0.1, 0.2, 0.3, 0.4], [0.0, 0.0, 0.0, 0.1]),
+    }
+    with torch.no_grad():
+        for name in ("q", "p", "s", "j"):
+            getattr(m, name).copy_(torch.eye(2).expand(4, 2, 2))
+        m.embed.copy_(torch.tensor([[0.5, -0.2], [0.3, 0.4]]))
+        m.input2.copy_(torch.tensor([[0.3, -0.3], [0.2, 0.1], [0.5, 0.5], [-0.4, 0.6]]))
+        for name, (weight, bias) in second.items():
+            m.hyper[name].first.weight.copy_(torch.tensor([[1.0, 0.0]]))
+            m.hyper[name].first.bias.zero_()
+            m.hyper[name].second.weight.copy_(torch.tensor(weight).unsqueeze(1))
+            m.hyper[name].second.bias.copy_(torch.tensor(bias))
+    return opt.with_meta(m.eval())
+
+
+def test_mtl2l_two_steps_by_hand():
+    """The authors' MTL2L (B002d) on one coordinate for two steps, every number by hand:
+    Eq. 17 averages ReLU outputs, layer 2 takes a scale and a recurrent weight per gate, and
+    only the input (-1) and forget (+1) gates have biases."""
+    opt = _tiny_mtl2l()
+    params = {"theta": torch.tensor([2.0])}
+    state = opt.init(params)
+    steps = [  # (inputs, gradient): z = 1 then z = 0
+        (torch.tensor([[2.0, 9.0], [0.0, 9.0]]), -0.5),
+        (torch.tensor([[-3.0, 0.0], [-1.0, 0.0]]), 1.0),
+    ]
+    relu = lambda v: max(v, 0.0)  # noqa: E731
+    n1, n2, n3, n4 = [0.0, 0.0], [0.0, 0.0], [0.0] * 4, [0.0] * 4
+    h1, c1, h2, c2, theta = [0.0, 0.0], [0.0, 0.0], 0.0, 0.0, 2.0
+    bias1 = [[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]  # gates i, f, a, o; per unit
+    bias2 = [-1.0, 1.0, 0.0, 0.0]
+    input2 = [[0.3, -0.3], [0.2, 0.1], [0.5, 0.5], [-0.4, 0.6]]
+    for t, (inputs, g) in enumerate(steps):
+        z = sum(relu(float(row[0])) for row in inputs) / len(inputs)
+        n1 = [0.5 * a + 0.5 * relu(b) for a, b in zip(n1, [z, -z + 1.0])]
+        n2 = [0.5 * a + 0.5 * relu(b) for a, b in zip(n2, [0.5 * z + 0.2, 0.5 * z - 0.4])]
+        n3 = [0.5 * a + 0.5 * b for a, b in zip(n3, [z, 2 * z, -z, 0.5 * z])]
+        n4 = [0.5 * a + 0.5 * b for a, b in zip(n4, [0.1 * z, 0.2 * z, 0.3 * z, 0.4 * z + 0.1])]
+        feat = (0.0, 1.0) if g == 1.0 else (math.log(abs(g)) / 10, math.copysign(1.0, g))
+        e = [0.5 * feat[0] - 0.2 * feat[1], 0.3 * feat[0] + 0.4 * feat[1]]
+        pre1 = [[n1[k] * e[k] + n2[k] * h1[k] + bias1[gate][k] for k in range(2)] for gate in range(4)]
+        c1 = [_sigmoid(pre1[1][k]) * c1[k] + _sigmoid(pre1[0][k]) * math.tanh(pre1[2][k]) for k in range(2)]
+        h1 = [_sigmoid(pre1[3][k]) * math.tanh(c1[k]) for k in range(2)]
+        pre2 = [n3[gate] * (input2[gate][0] * h1[0] + input2[gate][1] * h1[1]) + n4[gate] * h2 + bias2[gate] for gate in range(4)]
+        c2 = _sigmoid(pre2[1]) * c2 + _sigmoid(pre2[0]) * math.tanh(pre2[2])
+        h2 = _sigmoid(pre2[3]) * math.tanh(c2)
+        theta += 0.1 * h2
+        for grad_enabled in (True, False):  # the meta-training and meta-test paths
+            with torch.set_grad_enabled(grad_enabled):
+                new, new_state = opt.update({"theta": torch.tensor([g])}, state, params, StepContext(t, inputs=inputs))
+            assert new["theta"].item() == pytest.approx(theta, rel=1e-6), (t, grad_enabled)
+            assert new_state.context[1].tolist() == pytest.approx(n2, rel=1e-6, abs=1e-7)
+            assert new_state.context[3].tolist() == pytest.approx(n4, rel=1e-6, abs=1e-7)
+        params, state = {k: v.detach() for k, v in new.items()}, type(new_state)(*(tuple(v.detach() for v in f) for f in new_state))
+
+
+def test_mtl2l_eq17_order_is_an_option():
+    """smooth_after_relu=False (earlier l2lbench) keeps the average of the raw outputs and
+    applies the ReLU to it; the authors' average the ReLU outputs."""
+    inputs = [torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 0.0]])]  # z = 2, then 0
+    got = {}
+    for after in (True, False):
+        opt = _tiny_mtl2l(smooth_after_relu=after)
+        params = {"theta": torch.tensor([0.0])}
+        state = opt.init(params)
+        for t, x in enumerate(inputs):
+            _, state = opt.update({"theta": torch.tensor([1.0])}, state, params, StepContext(t, inputs=x))
+        got[after] = state.context[0].tolist()
+    # input1's second unit: raw -z + 1 = -1 then 1.
+    assert got[True] == pytest.approx([0.5 * 0.5 * 2 + 0.0, 0.5 * 0.5 * 0.0 + 0.5 * 1.0])  # [0.5, 0.5]
+    assert got[False] == pytest.approx([0.5, 0.5 * 0.5 * -1.0 + 0.5 * 1.0])  # [0.5, 0.25], ReLU applied on use
+
+
+def test_mtl2l_authors_initialisation():
+    m = bind_fresh(mtl2l()).meta
+    assert _within(m.embed, 1 / math.sqrt(20)) and _within(m.input2, 1.0)
+    assert m.bias1.tolist() == [-1.0] * 20 + [1.0] * 20 and m.bias2.tolist() == [-1.0, 1.0]
+    assert m.bias(m.bias1, 20)[40:].abs().sum() == 0 and m.bias(m.bias2, 1).tolist() == [-1.0, 1.0, 0.0, 0.0]
+    assert m.hyper["input2"].second.out_features == 4 and m.hyper["recurrent2"].second.out_features == 4
+    hyper = m.hyper["input1"].first  # PyTorch's nn.Linear default
+    assert _within(hyper.weight, 1 / math.sqrt(784))
+    old = bind_fresh(mtl2l(init_scheme="pytorch", layer2_gates=1)).meta
+    assert _within(old.embed, 1 / math.sqrt(2)) and old.bias1.shape == (80,) and old.hyper["input2"].second.out_features == 1
+
+
 def test_mtl2l_eq17_running_average():
-    """N_t = 0.9 N_{t-1} + 0.1 MLP(x_t) with N_0 = 0, kept in the run's state."""
+    """N_t = 0.9 N_{t-1} + 0.1 relu(MLP(x_t)) with N_0 = 0 (layer 1; the authors' order), kept
+    in the run's state."""
     opt = bind_fresh(mtl2l())
     m = opt.meta
     params = {"w": torch.zeros(4)}
     state = opt.init(params)
     assert all(torch.equal(c, torch.zeros_like(c)) for c in state.context)
     x1, x2 = torch.full((2, 784), 0.5), torch.full((2, 784), -0.25)
-    mlp = lambda x: m.hyper["input1"].second(torch.relu(m.hyper["input1"].first(x))).mean(0)  # noqa: E731
+    mlp = lambda x: m.hyper["input1"].second(torch.relu(m.hyper["input1"].first(x))).mean(0).relu()  # noqa: E731
     _, state = opt.update({"w": torch.ones(4)}, state, params, StepContext(0, inputs=x1))
     torch.testing.assert_close(state.context[0], 0.1 * mlp(x1).detach())
     _, state = opt.update({"w": torch.ones(4)}, state, params, StepContext(1, inputs=x2))
@@ -384,8 +536,8 @@ def _reference_lstm_step(opt, grads, state, params):
     m = opt.meta
     x = preprocess_gradients(flatten_coordinates(grads)).movedim(-1, 0)
     hidden, cell = [], []
-    for weight, bias, h, c in zip(m.weights, m.biases, state.hidden, state.cell):
-        x, c = lstm_layer(x, h, c, weight, bias)
+    for k, (weight, h, c) in enumerate(zip(m.weights, state.hidden, state.cell)):
+        x, c = lstm_layer(x, h, c, weight, m.bias(k))
         hidden.append(x)
         cell.append(c)
     out = m.head(x.t()).t() if m.head is not None else x
@@ -393,7 +545,9 @@ def _reference_lstm_step(opt, grads, state, params):
 
 
 @pytest.mark.parametrize("grad_enabled", [True, False], ids=["meta-training path", "meta-test path"])
-@pytest.mark.parametrize("kwargs", [{}, {"head": "linear", "layers": 3}], ids=["authors", "linear-3-layers"])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"init_scheme": "pytorch"}, {"head": "linear", "layers": 3}], ids=["authors", "pytorch-init", "linear-3-layers"]
+)
 def test_lstm_update_matches_straightforward(kwargs, grad_enabled):
     opt = bind_fresh(lstm(**kwargs), seed=5)
     generator = torch.Generator().manual_seed(1)
@@ -461,10 +615,12 @@ def test_mtl2l_dropout_is_the_documented_mask():
     assert 0 < int((got == 0).sum()) < x.numel()
 
 
+@pytest.mark.parametrize("meta_loss", ["paper", "authors"])
 @pytest.mark.parametrize("factory", [lstm, mtl2l])
-def test_meta_gradient_matches_backpropagating_the_losses(factory, tmp_path, monkeypatch):
+def test_meta_gradient_matches_backpropagating_the_losses(factory, meta_loss, tmp_path, monkeypatch):
     """meta_train's first meta-gradient (fused layers, <g_t, theta_t> objective) equals
-    back-propagating the summed losses through the straightforward layers."""
+    back-propagating the summed losses through the straightforward layers: the next
+    batch's losses (paper) or the updated learner's on the same batch (authors)."""
     import l2lbench.optimizers.lstm as lstm_module
     import l2lbench.optimizers.mtl2l as mtl2l_module
     from l2lbench.hashing import derive_seed
@@ -475,7 +631,7 @@ def test_meta_gradient_matches_backpropagating_the_losses(factory, tmp_path, mon
 
     spec = MetaTrainingSpec.from_config({
         "tasks": [{"dataset": {"kind": "synthetic", "n_train": 64, "n_test": 16}, "learner": {"kind": "mlp", "hidden": [8]}}],
-        "steps": 4, "batch_size": 16, "trials": 1, "unroll": 4, "clip": 1e9,
+        "steps": 4, "batch_size": 16, "trials": 1, "unroll": 4, "clip": 1e9, "meta_loss": meta_loss,
     })
     from l2lbench.learned.train import MetaAdam
 
@@ -509,10 +665,12 @@ def test_meta_gradient_matches_backpropagating_the_losses(factory, tmp_path, mon
         inputs = normalise(data.train_images[schedule[t]], data.mean, data.std)
         loss = learner.loss(params, inputs, data.train_labels[schedule[t]])
         grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), retain_graph=True)))
-        if t > 0:
+        if t > 0 and meta_loss == "paper":
             total = total + loss
         if t < task.steps:
             params, state = bound.update(grads, state, params, StepContext(t, inputs=inputs, loss=loss.detach(), generator=generator))
+            if meta_loss == "authors":
+                total = total + learner.loss(params, inputs, data.train_labels[schedule[t]])
     expected = torch.autograd.grad(total, list(meta.parameters()))
     assert len(expected) == len(captured[0])
     for got, want in zip(captured[0], expected):

@@ -61,7 +61,7 @@ def test_readme_checkpoint_example_trains_a_model(tmp_path, monkeypatch):
 
     module = lstm().init_meta(generator=torch.Generator().manual_seed(0))
     save_checkpoint(Checkpoint("lstm", {"hidden": 20, "layers": 2, "preprocess_p": 10.0, "output_scale": 0.1,
-                                        "head": "authors"}, module.state_dict()), tmp_path / "lstm.pt")
+                                        "head": "authors", "init_scheme": "authors"}, module.state_dict()), tmp_path / "lstm.pt")
     monkeypatch.chdir(tmp_path)
     generator = torch.Generator().manual_seed(0)
     loader = [(torch.randn(8, 1, 28, 28, generator=generator), torch.randint(10, (8,), generator=generator))] * 3

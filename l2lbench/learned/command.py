@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, help="learner minibatch size (default 128)")
     parser.add_argument("--param-noise", action="store_true", help="add the decaying parameter noise of B.5.3")
     parser.add_argument("--seed", type=int, help="meta-training seed (default 0)")
+    parser.add_argument("--meta-loss", metavar="{paper,authors}",  # checked by MetaTrainingSpec (no torch import here)
+                        help="paper: the next batch's loss after each update (Algorithm 1, the default); "
+                             "authors: the updated learner's loss on the same batch (their code)")
     parser.add_argument("--set", dest="settings", action="append", default=[], type=_setting, metavar="KEY=VALUE",
                         help="an optimiser hyperparameter as a TOML value, e.g. --set smoothing=0 (repeatable)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace, *, registry: Any, data_dir: Path) -> int:
     keep_freed_memory()  # this process trains: reuse freed memory (see keep_freed_memory)
     device = resolve_device(args.device)
     settings = {"steps": args.steps, "trials": args.trials, "unroll": args.unroll, "lr": args.lr,
-                "batch_size": args.batch_size, "seed": args.seed, "param_noise": True if args.param_noise else None}
+                "batch_size": args.batch_size, "seed": args.seed, "param_noise": True if args.param_noise else None,
+                "meta_loss": args.meta_loss}
     settings = {k: v for k, v in settings.items() if v is not None}
     optimizers = _from_suite(args, registry, settings, device) if args.suite else [_from_flags(args, registry, settings, device)]
     for optimizer in optimizers:

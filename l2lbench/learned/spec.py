@@ -24,6 +24,7 @@ from ..specs import HashedSpec
 from ..task import TaskSpec
 
 DEFAULT_STEPS = 100  # S: the meta-training horizon of the paper
+META_LOSSES = ("paper", "authors")
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -53,6 +54,12 @@ class MetaTrainingSpec(HashedSpec):
             ``noise_scales``, per parameter tensor.
         noise_scales: the scales the noise picks from at each step.
         seed: seeds the meta-initialisation, the learners, batches and noise.
+        meta_loss: which loss of each step the meta-objective sums. ``"paper"``
+            (Algorithm 1): after the update from batch t, the loss on the next batch,
+            ``L(theta_{t+1}; b_{t+1})``, which is also the loss whose gradient drives the
+            next update, so it costs nothing extra. ``"authors"`` (their public code):
+            the loss after the update on the same batch that gave the gradient,
+            ``L(theta_{t+1}; b_t)``: one more learner forward and backward per step.
     """
 
     kind: ClassVar[str] = "meta-training"
@@ -64,6 +71,7 @@ class MetaTrainingSpec(HashedSpec):
     param_noise: bool = False
     noise_scales: tuple[float, ...] = (0.025, 0.05)
     seed: int = 0
+    meta_loss: str = "paper"
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -80,6 +88,8 @@ class MetaTrainingSpec(HashedSpec):
             _number("noise scale", scale, positive=False)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"invalid meta-training seed: {self.seed!r} (expected a non-negative integer)")
+        if self.meta_loss not in META_LOSSES:
+            raise ConfigError(f"invalid meta-training meta_loss: {self.meta_loss!r} (expected one of {', '.join(META_LOSSES)})")
 
     @property
     def horizon(self) -> int:
@@ -101,6 +111,8 @@ class MetaTrainingSpec(HashedSpec):
         parts = ["+".join(self.datasets), f"{self.trials}x{steps}steps", f"unroll{self.unroll}"]
         if self.param_noise:
             parts.append("noise")
+        if self.meta_loss != "paper":
+            parts.append(f"{self.meta_loss}-loss")
         if self.seed:
             parts.append(f"seed{self.seed}")
         return "-".join(parts)
@@ -110,7 +122,7 @@ class MetaTrainingSpec(HashedSpec):
         """From a ``[meta_training]`` table (``steps``/``batch_size`` are task defaults)."""
         if not isinstance(config, Mapping):
             raise ConfigError(f"invalid meta_training {config!r} (expected a table with tasks = [...])")
-        allowed = {"kind", "tasks", "steps", "batch_size", "trials", "unroll", "lr", "clip", "param_noise", "noise_scales", "seed"}
+        allowed = {"kind", "tasks", "steps", "batch_size", "trials", "unroll", "lr", "clip", "param_noise", "noise_scales", "seed", "meta_loss"}
         unknown = sorted(set(config) - allowed)
         if unknown:
             raise ConfigError(
@@ -134,7 +146,7 @@ class MetaTrainingSpec(HashedSpec):
                 specs.append(TaskSpec.from_config({**defaults, **entry}))
             except ConfigError as exc:
                 raise ConfigError(f"meta_training task #{i + 1}: {exc}") from None
-        kwargs = {k: config[k] for k in ("trials", "unroll", "lr", "clip", "param_noise", "seed") if k in config}
+        kwargs = {k: config[k] for k in ("trials", "unroll", "lr", "clip", "param_noise", "seed", "meta_loss") if k in config}
         if "noise_scales" in config:
             scales = config["noise_scales"]
             if not isinstance(scales, (list, tuple)):

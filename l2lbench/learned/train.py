@@ -11,12 +11,14 @@ The learner's gradients are treated as data (``torch.autograd.grad`` without
 ``create_graph``): the meta-gradient flows through ``theta_{t+1} = update(theta_t, ...)``
 into later losses only, with no second-order terms, as in both papers.
 
-The loss of step t is ``L(theta_t)`` on batch t. An unroll starting at step s (where the
-parameters were detached) contributes ``L(theta_{s+1}) + ... + L(theta_{s+Xi})``: every
-term depends on the meta-parameters, and the loss that closes one unroll also provides the
-gradient that starts the next, so no learner evaluation is repeated. Its meta-gradient is
-back-propagated from ``sum_t <g_t, theta_t>`` with the learner gradients ``g_t`` held
-constant, which has the same gradient: the learner is differentiated once per step.
+The loss of step t is ``L(theta_t)`` on batch t. With the paper's meta-loss an unroll
+starting at step s (where the parameters were detached) contributes ``L(theta_{s+1}) + ...
++ L(theta_{s+Xi})``: every term depends on the meta-parameters, and the loss that closes one
+unroll also provides the gradient that starts the next, so no learner evaluation is
+repeated. With the authors' (``meta_loss = "authors"``) the terms are ``L(theta_{t+1}; b_t)``,
+the updated learner on the batch that gave its gradient: one more learner evaluation per
+step. Either meta-gradient is back-propagated from ``sum <g, theta>`` with the learner
+gradients ``g`` of those losses held constant, which has the same gradient.
 """
 
 from __future__ import annotations
@@ -202,33 +204,48 @@ def _trial(
     state = bound.init(params, generator=generator)
     # S + 1 batches: the loss after the last update closes the last unroll.
     schedule = batch_schedule(len(data.train_labels), horizon + 1, task.batch_size, derive_seed(spec.hash, trial, "data")).to(device)
+    same_batch = spec.meta_loss == "authors"
     meta_objective: Tensor | None = None
-    unroll_start, losses = 0, []
+    unroll_start, losses, terms = 0, [], []
+
+    def add_term(loss: Tensor, grads: Params) -> None:
+        # The meta-gradient of L(theta) is <dL/dtheta, dtheta/dphi>, and dL/dtheta is a
+        # learner gradient already computed: back-propagating <grads, theta> (grads held
+        # constant) gives the same meta-gradient as L itself, without a second pass through
+        # the learner or keeping its graph.
+        nonlocal meta_objective
+        term = sum((g * theta).sum() for g, theta in zip(grads.values(), params.values()))
+        meta_objective = term if meta_objective is None else meta_objective + term
+        terms.append(loss.item())
+
+    def close_unroll(t: int) -> None:
+        # One meta-update, then the learner and the optimiser's state carry on, detached.
+        nonlocal meta_objective, unroll_start, params, state, terms
+        meta_optimizer.zero_grad()
+        meta_objective.backward()
+        for p in module.parameters():
+            if p.grad is not None:
+                p.grad.clamp_(-spec.clip, spec.clip)
+        meta_optimizer.step()
+        result.unroll_loss.append(sum(terms) / len(terms))
+        if on_unroll is not None:
+            on_unroll(trial, t, result.unroll_loss[-1])
+        params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        state = _detached(state)
+        meta_objective, unroll_start, terms = None, t, []
+
+    def learner_gradient(inputs: Tensor, labels: Tensor) -> tuple[Tensor, Params]:
+        loss = learner.loss(layout.unpack(params), inputs, labels)
+        return loss, dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+
     for t in range(horizon + 1):
         inputs, labels = minibatch(data.train_images, data.train_labels, schedule[t], data.mean, data.std)
-        loss = learner.loss(layout.unpack(params), inputs, labels)
+        loss, grads = learner_gradient(inputs, labels)
         losses.append(loss.item())
-        grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
-        if t > unroll_start:
-            # The meta-gradient of L_t is <dL_t/dtheta_t, dtheta_t/dphi>, and dL_t/dtheta_t
-            # is the learner gradient just computed for the optimiser: back-propagating
-            # <grads, theta_t> (grads held constant) gives the same meta-gradient as
-            # L_t itself, without a second pass through the learner or keeping its graph.
-            term = sum((g * theta).sum() for g, theta in zip(grads.values(), params.values()))
-            meta_objective = term if meta_objective is None else meta_objective + term
+        if not same_batch and t > unroll_start:  # paper: L(theta_t; b_t), the loss that drives step t
+            add_term(loss, grads)
             if t - unroll_start == spec.unroll or t == horizon:
-                meta_optimizer.zero_grad()
-                meta_objective.backward()
-                for p in module.parameters():
-                    if p.grad is not None:
-                        p.grad.clamp_(-spec.clip, spec.clip)
-                meta_optimizer.step()
-                result.unroll_loss.append(sum(losses[unroll_start + 1 :]) / (t - unroll_start))
-                if on_unroll is not None:
-                    on_unroll(trial, t, result.unroll_loss[-1])
-                params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-                state = _detached(state)
-                meta_objective, unroll_start = None, t
+                close_unroll(t)
         if t == horizon:
             break
         context = StepContext(step=t, inputs=inputs, loss=loss.detach(), generator=generator)
@@ -237,4 +254,8 @@ def _trial(
             params = layout.pack(_add_noise(layout.unpack(params), t, horizon, spec, generator))
         result.learner_steps += 1
         bar.update(1)
+        if same_batch:  # authors: L(theta_{t+1}; b_t), the updated learner on the batch it saw
+            add_term(*learner_gradient(inputs, labels))
+            if t + 1 - unroll_start == spec.unroll or t + 1 == horizon:
+                close_unroll(t + 1)
     return losses
