@@ -7,8 +7,9 @@ interleaved repeat by repeat so that a noisy machine disturbs every figure alike
   (lr 0.01) on the task's learner, with the runner's seed-0 initialisation and batches;
 * **meta-test**: :func:`l2lbench.training.run_seeds`, the runner's own code path, for 1
   seed and for S seeds batched; milliseconds per learner step and per seed-step. The
-  timed task evaluates only at its first and last step and on one batch of test examples,
-  so the figure is the training step; one full test-set evaluation is timed on its own;
+  timed task evaluates only at its first and last step and on one batch of test and of
+  validation examples, so the figure is the training step; one full evaluation (test and
+  validation splits) is timed on its own;
 * **meta-training** (learned optimisers): :func:`l2lbench.learned.train.meta_train` with
   one learner, timed between the first and the last meta-update of the trial (so the
   set-up before the first unroll is excluded); milliseconds per learner step;
@@ -381,13 +382,13 @@ def run_bench(
                 seconds = meta_training_step(optimizers[name], task, spec.meta_steps, spec.meta_unroll, data_dir, device)
                 trained[name].append(seconds * 1e3)
 
-    log("timing one test-set evaluation ...")
+    log("timing one evaluation (test and validation splits) ...")
     params = learner.init(torch.Generator().manual_seed(0), device)
     evals = []
     with torch.no_grad():
         for _ in range(spec.repeats):
             start = time.perf_counter()
-            loss, _ = evaluate(learner, params, full_data)
+            loss, *_ = evaluate(learner, params, full_data)
             float(loss)
             evals.append((time.perf_counter() - start) * 1e3)
 
@@ -421,7 +422,8 @@ def run_bench(
             name: {"optimizer": f"torch.optim.{REFERENCES[name].__name__}(lr={REFERENCE_LR})", "ms_per_step": summary(values)}
             for name, values in bare.items()
         },
-        "evaluation": {"test_examples": len(full_data.test_labels), "ms_per_evaluation": summary(evals)},
+        "evaluation": {"test_examples": len(full_data.test_labels),
+                       "validation_examples": len(full_data.validation_labels), "ms_per_evaluation": summary(evals)},
         "optimizers": {},
     }
     for name, opt in bound.items():
@@ -509,7 +511,8 @@ def format_text(report: dict[str, Any]) -> str:
         f"meta-train peak RSS, unroll {unroll} (MB)", "growth after imports (MB)",
     ], tablefmt="simple"))
     lines.append("")
-    lines.append(f"one test-set evaluation ({report['evaluation']['test_examples']} examples, 1 seed): "
+    lines.append(f"one evaluation ({report['evaluation']['test_examples']} test + "
+                 f"{report['evaluation']['validation_examples']} validation examples, 1 seed): "
                  f"{mm(report['evaluation']['ms_per_evaluation'])} ms, not included above")
     lines.append(f"memory: {report['memory_method']}; meta-test growth measured in this process after the timed runs")
     kernels = report.get("native_kernels") or {}

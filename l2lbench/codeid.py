@@ -28,7 +28,10 @@ from typing import Any, Mapping
 #:    derive_seed(task hash, seed, purpose); evaluation on the full test split every
 #:    eval_every steps and at the last step; MTL2L dropout from Philox4x32-10 streams;
 #:    every run and meta-training on one torch thread, l2lbench.parallel.RUN_THREADS).
-PROTOCOL_VERSION = 1
+#: 2: three splits: the last sixth of every training split is the validation split, which
+#:    learners and meta-training no longer train on; runs record validation curves, and a
+#:    seed diverges on its train or validation loss, never on its test loss.
+PROTOCOL_VERSION = 2
 
 # Source text of plug-in files as executed, by module name (see remember_source).
 _EXECUTED: dict[str, str] = {}

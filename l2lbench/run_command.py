@@ -72,6 +72,11 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--meta-seeds", type=positive_int, metavar="K",
                      help="meta-train every learned optimiser K times (meta-training seeds); every seed runs under "
                           "each copy (default: the suite's, else 1)")
+    run.add_argument("--ruleset", choices=("fixed", "tuned"),
+                     help="fixed: the suite's hyperparameters; tuned: tune every optimiser with a search space on "
+                          "validation data first (default: the suite's)")
+    run.add_argument("--tuning-trials", type=positive_int, metavar="N",
+                     help="candidates per optimiser and task when tuned (default: the suite's, else 8)")
     run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     run.add_argument("--no-batch", action="store_true", help="run seeds one by one instead of batched with vmap")
     run.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
@@ -160,7 +165,8 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
 
     if args.meta_seeds and args.meta_seeds > MAX_META_SEEDS:
         raise UsageError(f"invalid --meta-seeds {args.meta_seeds} (expected at most {MAX_META_SEEDS})")
-    suite = load_suite(args.suite).with_overrides(steps=args.steps, meta=meta or None, meta_seeds=args.meta_seeds)
+    suite = load_suite(args.suite).with_overrides(steps=args.steps, meta=meta or None, meta_seeds=args.meta_seeds,
+                                                  ruleset=args.ruleset, tuning_trials=args.tuning_trials)
     workers = args.workers or _default_workers()
     Executor(workers=workers, backend=args.backend, scheduler=args.scheduler)  # bad options: exit 2 now
     names = args.optimizers
@@ -187,6 +193,30 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
     loaded = {dataset: dataset.load(data_dir) for dataset in sorted(datasets, key=lambda d: d.name)}
     check_batches(pairs, loaded)
     store = ResultsStore(args.results)
+    plugins = tuple(args.plugin)
+    stored = [0]  # finished runs stored so far: what a stop signal reports
+
+    def execute(jobs: list, total: int) -> Any:
+        with tqdm(total=total, unit="run", disable=None, dynamic_ncols=True) as bar:
+            def done(job, records):
+                bar.update(len(records))
+                stored[0] += sum(r.status != "failed" for r in records)
+                if args.verbose:
+                    states = ", ".join(f"seed {r.seed} {r.status}" for r in records)
+                    bar.write(f"{job.label}: {states} ({sum(r.wall_time_s for r in records):.1f}s)")
+
+            try:
+                return run_jobs(jobs, store, data_dir=data_dir, device=device, vectorize=not args.no_batch,
+                                executor=executor, plugins=plugins, on_job_done=done, run_timeout=args.run_timeout,
+                                replace=args.rerun)
+            except Stopped as exc:
+                exc.stored = stored[0]
+                raise
+
+    failed: list[str] = []
+    if suite.ruleset == "tuned":
+        pairs, tuning_failed = _tune(suite, pairs, registry, store, execute, args, say)
+        failed += tuning_failed
     jobs, skipped = plan(pairs, seeds, store, rerun=args.rerun)
     total = sum(len(j.seeds) for j in jobs)
     tasks = {t for t, _ in pairs}
@@ -199,29 +229,45 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
         + executor.describe()
         + (f", at most {args.run_timeout:g}s per run" if args.run_timeout else "")
     )
-    plugins = tuple(args.plugin)
     jobs = with_meta_training(jobs, results_dir=Path(args.results), data_dir=data_dir, device=device,
                               executor=executor, plugins=plugins, log=say, retrain=args.rerun)
-    stored = [0]  # finished runs stored so far: what a stop signal reports
-    with tqdm(total=total, unit="run", disable=None, dynamic_ncols=True) as bar:
-        def done(job, records):
-            bar.update(len(records))
-            stored[0] += sum(r.status != "failed" for r in records)
-            if args.verbose:
-                states = ", ".join(f"seed {r.seed} {r.status}" for r in records)
-                bar.write(f"{job.label}: {states} ({sum(r.wall_time_s for r in records):.1f}s)")
-
-        try:
-            summary = run_jobs(jobs, store, data_dir=data_dir, device=device, vectorize=not args.no_batch,
-                               executor=executor, plugins=plugins, on_job_done=done, run_timeout=args.run_timeout,
-                               replace=args.rerun)
-        except Stopped as exc:
-            exc.stored = stored[0]
-            raise
+    summary = execute(jobs, total)
     say(
         f"done: {summary.ok} ok, {summary.diverged} diverged, {len(summary.failed)} failed, "
         f"{skipped} skipped; results in {store.path}"
     )
-    for line in summary.failed:
+    failed += summary.failed
+    for line in failed:
         print(f"l2lbench: failed: {line}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    return 1 if failed else 0
+
+
+def _tune(suite: Any, pairs: list, registry: Any, store: Any, execute: Callable, args: argparse.Namespace,
+          say: Callable[[str], None]) -> tuple[list, list[str]]:
+    """The tuning stage of a ``tuned`` suite: run every candidate on the tuning seeds, then
+    return the pairs with each tuned optimiser replaced by its winner, and what failed."""
+    from .runner import plan
+    from .tuning import score, tuning_plan
+
+    plans = tuning_plan(pairs, suite.tuning, registry)
+    trial_pairs = [(p.task, candidate) for p in plans for _, candidate in p.trials]
+    jobs, skipped = plan(trial_pairs, suite.tuning.seed_indices, store, rerun=args.rerun)
+    total = sum(len(j.seeds) for j in jobs)
+    say(f"tuning on validation data: {len(plans)} optimizer-task pairs x up to {suite.tuning.trials} candidates x "
+        f"{suite.tuning.seeds} tuning seeds; {skipped} runs already stored (skipped), {total} to run")
+    summary = execute(jobs, total)
+    score(plans, lambda task, optimizer: store.runs(task_hashes=[task], optimizer_hashes=[optimizer]), suite.tuning)
+    chosen, failed = {}, [f"tuning: {line}" for line in summary.failed]
+    for p in plans:
+        if p.best is None:
+            failed.append(f"tuning {p.base.name} on {p.task.name}: no candidate finished on every tuning seed; "
+                          "it is not run on the final seeds")
+            continue
+        values, best = p.trials[p.best][0], p.objectives[p.best]
+        edge = f"; {', '.join(p.on_edge)} on the edge of its range: widen it" if p.on_edge else ""
+        say(f"tuned {p.base.name} on {p.task.name}: {', '.join(f'{k}={v:g}' for k, v in values.items())} "
+            f"(validation {suite.tuning.objective} loss {best:.4g}{edge})")
+        chosen[(p.task, p.base)] = p.chosen(registry)
+    tuned = {(p.task, p.base) for p in plans}
+    kept = [(t, chosen[(t, o)]) if (t, o) in chosen else (t, o) for t, o in pairs if (t, o) not in tuned or (t, o) in chosen]
+    return kept, failed

@@ -28,7 +28,7 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -159,15 +159,20 @@ def resolve_device(name: str) -> torch.device:
 
 
 def plan(
-    pairs: Iterable[tuple[TaskSpec, ResolvedOptimizer]], seeds: int, store: ResultsStore, *, rerun: bool = False
+    pairs: Iterable[tuple[TaskSpec, ResolvedOptimizer]],
+    seeds: int | Sequence[int],
+    store: ResultsStore,
+    *,
+    rerun: bool = False,
 ) -> tuple[list[RunJob], int]:
     """Jobs for the runs not yet stored (every run with ``rerun``), and how many runs are
-    already stored and skipped."""
+    already stored and skipped. ``seeds``: a count (seeds 0..N-1) or the seed indices."""
+    indices = range(seeds) if isinstance(seeds, int) else list(seeds)
     jobs, skipped = [], 0
     for task, optimizer in pairs:
         done = set() if rerun else store.finished_seeds(task.hash, optimizer.hash)
-        missing = tuple(s for s in range(seeds) if s not in done)
-        skipped += seeds - len(missing)
+        missing = tuple(s for s in indices if s not in done)
+        skipped += len(indices) - len(missing)
         if missing:
             jobs.append(RunJob(task, optimizer, missing))
     return jobs, skipped
@@ -558,6 +563,8 @@ def _record(job: RunJob, outcome: SeedOutcome, wall_time: float, info: dict) -> 
         eval_steps=outcome.eval_steps,
         test_loss=outcome.test_loss,
         test_accuracy=outcome.test_accuracy,
+        validation_loss=outcome.validation_loss,
+        validation_accuracy=outcome.validation_accuracy,
         wall_time_s=wall_time,
     )
 

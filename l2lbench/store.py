@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .errors import RunError, UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_FILENAME = "l2lbench.sqlite"
 BUSY_TIMEOUT_S = 60  # how long a write waits for another process's transaction to end
 FINISHED = ("ok", "diverged")  # statuses a re-run skips; "failed" runs are retried
@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS runs (
     wall_time_s      REAL    NOT NULL,
     provenance       TEXT    NOT NULL,
     created_at       TEXT    NOT NULL,
+    validation_loss     TEXT NOT NULL DEFAULT '[]',
+    validation_accuracy TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (task_hash, optimizer_hash, seed)
 );
 CREATE INDEX IF NOT EXISTS runs_by_name ON runs (task_name, optimizer_name);
@@ -59,13 +61,21 @@ _COLUMNS = (
     "task_hash", "optimizer_hash", "seed", "task_name", "optimizer_name", "task_config",
     "optimizer_config", "status", "diverged_step", "error", "train_loss", "eval_steps",
     "test_loss", "test_accuracy", "wall_time_s", "provenance", "created_at",
+    "validation_loss", "validation_accuracy",
 )
 
 
+def _add_validation_curves(db: sqlite3.Connection) -> None:
+    # Version 2 records validation curves. Runs stored before have none (empty lists); they
+    # belong to an older benchmark protocol, which the report leaves out by default anyway.
+    for column in ("validation_loss", "validation_accuracy"):
+        db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT NOT NULL DEFAULT '[]'")
+
+
 # Migrations of older stores, each from version ``n`` to ``n + 1``, run in the opening
-# transaction (all or nothing). Version 1 is the first, so there are none yet; a store of
-# a version with no path here to SCHEMA_VERSION is refused.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+# transaction (all or nothing); a store of a version with no path here to SCHEMA_VERSION
+# is refused.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_validation_curves}
 
 
 def _encode_curve(values: Sequence[float]) -> str:
@@ -93,6 +103,8 @@ class RunRecord:
     eval_steps: list[int] = field(default_factory=list)
     test_loss: list[float] = field(default_factory=list)
     test_accuracy: list[float] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)  # at eval_steps, like test
+    validation_accuracy: list[float] = field(default_factory=list)
     wall_time_s: float = 0.0
     provenance: dict[str, Any] = field(default_factory=dict)
     diverged_step: int | None = None
@@ -111,15 +123,18 @@ class RunRecord:
             json.dumps(list(map(int, self.eval_steps))), _encode_curve(self.test_loss),
             _encode_curve(self.test_accuracy), float(self.wall_time_s),
             json.dumps(self.provenance, sort_keys=True), self.created_at,
+            _encode_curve(self.validation_loss), _encode_curve(self.validation_accuracy),
         )
 
     @classmethod
     def _from_row(cls, row: sqlite3.Row) -> "RunRecord":
         record = cls._decode(row)
-        lengths = {len(record.eval_steps), len(record.test_loss), len(record.test_accuracy)}
-        if record.status != "failed" and len(lengths) > 1:
-            raise ValueError(f"its curves disagree in length (eval_steps {len(record.eval_steps)}, test_loss "
-                             f"{len(record.test_loss)}, test_accuracy {len(record.test_accuracy)}; expected equal)")
+        curves = {"eval_steps": record.eval_steps, "test_loss": record.test_loss, "test_accuracy": record.test_accuracy}
+        if record.validation_loss or record.validation_accuracy:  # none in runs stored before schema 2
+            curves.update(validation_loss=record.validation_loss, validation_accuracy=record.validation_accuracy)
+        if record.status != "failed" and len({len(c) for c in curves.values()}) > 1:
+            lengths = ", ".join(f"{name} {len(c)}" for name, c in curves.items())
+            raise ValueError(f"its curves disagree in length ({lengths}; expected equal)")
         return record
 
     @classmethod
@@ -132,7 +147,8 @@ class RunRecord:
             train_loss=_decode_curve(row["train_loss"]), eval_steps=json.loads(row["eval_steps"]),
             test_loss=_decode_curve(row["test_loss"]), test_accuracy=_decode_curve(row["test_accuracy"]),
             wall_time_s=row["wall_time_s"], provenance=json.loads(row["provenance"]),
-            created_at=row["created_at"],
+            created_at=row["created_at"], validation_loss=_decode_curve(row["validation_loss"]),
+            validation_accuracy=_decode_curve(row["validation_accuracy"]),
         )
 
 

@@ -18,6 +18,10 @@
 ``meta_seeds = K`` (default 1) meta-trains every learned optimiser K times, with
 meta-training seeds s..s+K-1; every meta-test seed runs under each copy.
 
+``ruleset = "fixed"`` (default) runs the hyperparameters given; ``"tuned"`` first tunes every
+optimiser with a search space on validation data, as the ``[tuning]`` table says (see
+:mod:`l2lbench.tuning`).
+
 An optimiser entry may carry ``tasks = ["pattern", ...]`` (it then runs on those tasks
 only), ``name = "..."`` (its name in reports) and ``meta_training = {...}`` (overrides).
 
@@ -40,10 +44,11 @@ from .learned.spec import MetaTrainingSpec
 from .optim.spec import OptimizerSpec
 from .specs import spec_config
 from .task import TaskSpec
+from .tuning import RULESETS, TuningSpec
 
 SAME_AS_TEST = "same-as-test"
 MAX_META_SEEDS = 100  # meta-trainings per learned optimiser and task
-SUITE_KEYS = {"description", "seeds", "meta_seeds", "optimizers", "defaults", "tasks", "meta_training"}
+SUITE_KEYS = {"description", "seeds", "meta_seeds", "optimizers", "defaults", "tasks", "meta_training", "ruleset", "tuning"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class Suite:
     # How many times each learned optimiser is meta-trained (meta-training seeds s, s+1, ...,
     # s the config's seed): every meta-test seed runs under every meta-trained copy.
     meta_seeds: int = 1
+    ruleset: str = "fixed"
+    tuning: TuningSpec = field(default_factory=TuningSpec)
 
     def meta_trainings_for(self, optimizer: OptimizerSpec, task: TaskSpec) -> list[MetaTrainingSpec]:
         """Every meta-training of a learned optimiser for ``task``: :meth:`meta_training_for`
@@ -72,12 +79,16 @@ class Suite:
     def meta_training_for(self, optimizer: OptimizerSpec, task: TaskSpec) -> MetaTrainingSpec | None:
         """How a learned optimiser is meta-trained for meta-testing on ``task``: the suite's
         table, the optimiser's overrides, then the command line's; ``tasks =
-        "same-as-test"`` means the task's own dataset and learner."""
+        "same-as-test"`` means the task's own dataset, learner and (unless the table sets
+        ``batch_size``) minibatch size."""
         config = {**(self.meta_training or {}), **(optimizer.meta_training or {}), **(self.meta_overrides or {})}
         if not config:
             return None
         if config.get("tasks") == SAME_AS_TEST:
-            config["tasks"] = [{"dataset": spec_config(task.dataset), "learner": spec_config(task.learner)}]
+            own = {"dataset": spec_config(task.dataset), "learner": spec_config(task.learner)}
+            if "batch_size" not in config:  # its own minibatch size too, unless the table sets one
+                own["batch_size"] = task.batch_size
+            config["tasks"] = [own]
         return MetaTrainingSpec.from_config(config)
 
     def pairs(
@@ -89,13 +100,23 @@ class Suite:
         return [(t, o) for t in tasks for o in chosen if not o.only or any(task_matches(t, p) for p in o.only)]
 
     def with_overrides(
-        self, *, steps: int | None = None, meta: Mapping[str, Any] | None = None, meta_seeds: int | None = None
+        self,
+        *,
+        steps: int | None = None,
+        meta: Mapping[str, Any] | None = None,
+        meta_seeds: int | None = None,
+        ruleset: str | None = None,
+        tuning_trials: int | None = None,
     ) -> "Suite":
-        """The suite with every task's steps, every meta-training key and/or the number of
-        meta-training seeds replaced."""
+        """The suite with every task's steps, every meta-training key, the number of
+        meta-training seeds, the ruleset and/or the tuning trials replaced."""
         tasks = self.tasks if steps is None else tuple(dataclasses.replace(t, steps=steps) for t in self.tasks)
         merged = {**(self.meta_overrides or {}), **(meta or {})} or None
-        return dataclasses.replace(self, tasks=tasks, meta_overrides=merged, meta_seeds=meta_seeds or self.meta_seeds)
+        if ruleset is not None and ruleset not in RULESETS:
+            raise UsageError(f"invalid ruleset {ruleset!r} (expected one of {', '.join(RULESETS)})")
+        tuning = self.tuning if tuning_trials is None else dataclasses.replace(self.tuning, trials=tuning_trials)
+        return dataclasses.replace(self, tasks=tasks, meta_overrides=merged, meta_seeds=meta_seeds or self.meta_seeds,
+                                   ruleset=ruleset or self.ruleset, tuning=tuning)
 
     def select_tasks(self, patterns: list[str] | None) -> tuple[TaskSpec, ...]:
         """Tasks whose name or dataset name matches a pattern (exact, prefix or glob)."""
@@ -192,7 +213,12 @@ def _build(data: Mapping[str, Any], name: str, source: str) -> Suite:
     meta_training = data.get("meta_training")
     if meta_training is not None and not isinstance(meta_training, Mapping):
         raise ConfigError(f"invalid meta_training: {meta_training!r} (expected a table)")
-    suite = Suite(name, description, tuple(specs), opt_specs, seeds, source, meta_training, meta_seeds=meta_seeds)
+    ruleset = data.get("ruleset", "fixed")
+    if ruleset not in RULESETS:
+        raise ConfigError(f"invalid ruleset: {ruleset!r} (expected one of {', '.join(RULESETS)})")
+    tuning = TuningSpec.from_config(data.get("tuning"))
+    suite = Suite(name, description, tuple(specs), opt_specs, seeds, source, meta_training, meta_seeds=meta_seeds,
+                  ruleset=ruleset, tuning=tuning)
     for spec in opt_specs:
         if spec.only and not suite.pairs(optimizers=[spec]):
             raise ConfigError(f"optimizer {spec.name!r} runs on tasks {list(spec.only)!r}, which match no task of the suite")

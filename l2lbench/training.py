@@ -50,12 +50,15 @@ class SeedOutcome:
     eval_steps: list[int] = field(default_factory=list)
     test_loss: list[float] = field(default_factory=list)
     test_accuracy: list[float] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)  # at the same steps as test
+    validation_accuracy: list[float] = field(default_factory=list)
     diverged_step: int | None = None
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    """A task's data on the device: uint8 train images, float normalised test images."""
+    """A task's data on the device: uint8 train images, float normalised validation and
+    test images (the first ``eval_examples`` of each, when the task limits them)."""
 
     train_images: Tensor  # (N, C, H, W) uint8
     train_labels: Tensor  # (N,) int64
@@ -63,19 +66,27 @@ class PreparedData:
     test_labels: Tensor
     mean: float
     std: float
+    validation_inputs: Tensor  # (V, C, H, W) float32, normalised
+    validation_labels: Tensor
 
     @classmethod
     def from_splits(cls, splits: Any, task: TaskSpec, device: torch.device) -> PreparedData:
-        test_images, test_labels = splits.test_images, splits.test_labels
-        if task.eval_examples is not None:
-            test_images, test_labels = test_images[: task.eval_examples], test_labels[: task.eval_examples]
+        def evaluated(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+            if task.eval_examples is not None:
+                images, labels = images[: task.eval_examples], labels[: task.eval_examples]
+            return normalise(images.to(device), splits.mean, splits.std), labels.to(device)
+
+        test_inputs, test_labels = evaluated(splits.test_images, splits.test_labels)
+        validation_inputs, validation_labels = evaluated(splits.validation_images, splits.validation_labels)
         return cls(
             train_images=splits.train_images.to(device),
             train_labels=splits.train_labels.to(device),
-            test_inputs=normalise(test_images.to(device), splits.mean, splits.std),
-            test_labels=test_labels.to(device),
+            test_inputs=test_inputs,
+            test_labels=test_labels,
             mean=splits.mean,
             std=splits.std,
+            validation_inputs=validation_inputs,
+            validation_labels=validation_labels,
         )
 
     def minibatch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
@@ -173,15 +184,22 @@ def _update_per_seed(optimizer: Any) -> bool:
     return bool(getattr(optimizer, "update_per_seed", False))
 
 
-def evaluate(learner: FunctionalLearner, params: Params, data: PreparedData) -> tuple[Tensor, Tensor]:
-    """Mean test loss and accuracy of one seed's ``params``, in chunks of ``EVAL_CHUNK``."""
-    device = data.test_labels.device
+def evaluate(learner: FunctionalLearner, params: Params, data: PreparedData) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Mean test loss and accuracy, then mean validation loss and accuracy, of one seed's
+    ``params``."""
+    return (*_evaluate_split(learner, params, data.test_inputs, data.test_labels),
+            *_evaluate_split(learner, params, data.validation_inputs, data.validation_labels))
+
+
+def _evaluate_split(learner: FunctionalLearner, params: Params, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean loss and accuracy on one split, in chunks of ``EVAL_CHUNK``."""
+    device = labels.device
     total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device)
-    for start in range(0, len(data.test_labels), EVAL_CHUNK):
+    for start in range(0, len(labels), EVAL_CHUNK):
         stop = start + EVAL_CHUNK
-        loss, hits = learner.loss_and_correct(params, data.test_inputs[start:stop], data.test_labels[start:stop])
+        loss, hits = learner.loss_and_correct(params, inputs[start:stop], labels[start:stop])
         total_loss, correct = total_loss + loss, correct + hits
-    n = len(data.test_labels)
+    n = len(labels)
     return total_loss / n, correct.float() / n
 
 
@@ -232,7 +250,7 @@ def _train(
         dim=1,
     ).to(device)  # (steps, S, B)
 
-    def per_seed_eval(params: Params) -> tuple[Tensor, Tensor]:
+    def per_seed_eval(params: Params) -> tuple[Tensor, ...]:
         return evaluate(learner, params, data)
 
     layout = Layout.for_optimizer(optimizer, inits[0], stacked=vectorized)
@@ -262,8 +280,9 @@ def _train(
     S = len(seeds)
     train_loss = torch.full((task.steps, S), math.nan, device=device)
     eval_steps = task.eval_steps()
-    test_loss = torch.full((len(eval_steps), S), math.nan, device=device)
-    test_acc = torch.full((len(eval_steps), S), math.nan, device=device)
+    # Rows: test loss, test accuracy, validation loss, validation accuracy.
+    evals = torch.full((4, len(eval_steps), S), math.nan, device=device)
+    validation_loss = evals[2]
     evals_done, steps_done = 0, task.steps
 
     # Meta-test needs no graph through the optimiser: no_grad keeps memory flat over
@@ -271,12 +290,12 @@ def _train(
     with torch.no_grad():
         for t in range(task.steps + 1):
             if t == eval_steps[evals_done]:
-                loss_t, acc_t = eval_fn(params)
-                test_loss[evals_done], test_acc[evals_done] = loss_t.reshape(S), acc_t.reshape(S)
+                for row, value in zip(evals, eval_fn(params)):
+                    row[evals_done] = value.reshape(S)
                 evals_done += 1
                 # One device sync per evaluation, not per step: once every seed has
                 # diverged there is nothing left to learn.
-                alive = torch.isfinite(train_loss[:t]).all(dim=0) & torch.isfinite(test_loss[:evals_done]).all(dim=0)
+                alive = torch.isfinite(train_loss[:t]).all(dim=0) & torch.isfinite(validation_loss[:evals_done]).all(dim=0)
                 if not bool(alive.any()):
                     steps_done = t
                     break
@@ -286,9 +305,9 @@ def _train(
             params, state, loss = step_fn(params, state, inputs, labels, t)
             train_loss[t] = loss.reshape(S)
 
-    train_loss, test_loss, test_acc = train_loss[:steps_done].cpu(), test_loss[:evals_done].cpu(), test_acc[:evals_done].cpu()
+    train_loss, evals = train_loss[:steps_done].cpu(), evals[:, :evals_done].cpu()
     return [
-        _outcome(seed, train_loss[:, i].tolist(), eval_steps[:evals_done], test_loss[:, i].tolist(), test_acc[:, i].tolist())
+        _outcome(seed, train_loss[:, i].tolist(), eval_steps[:evals_done], *(row[:, i].tolist() for row in evals))
         for i, seed in enumerate(seeds)
     ]
 
@@ -412,19 +431,23 @@ def _update_per_seed_step(
     return step
 
 
-def _outcome(seed: int, train: list[float], steps: list[int], test: list[float], acc: list[float]) -> SeedOutcome:
+def _outcome(
+    seed: int, train: list[float], steps: list[int], test: list[float], acc: list[float],
+    validation: list[float], validation_acc: list[float],
+) -> SeedOutcome:
     """Cut one seed's curves at its divergence.
 
     Train loss at step t and an evaluation at step t both measure the parameters after t
-    updates, so a seed diverges at the first step where either is non-finite, and keeps
-    only what was measured before that step.
+    updates, so a seed diverges at the first step where the train or the validation loss
+    is non-finite (never the test loss: no decision reads the test split), and keeps only
+    what was measured before that step.
     """
     first_train = next((t for t, v in enumerate(train) if not math.isfinite(v)), None)
-    first_test = next((s for s, v in zip(steps, test) if not math.isfinite(v)), None)
-    candidates = [t for t in (first_train, first_test) if t is not None]
+    first_eval = next((s for s, v in zip(steps, validation) if not math.isfinite(v)), None)
+    candidates = [t for t in (first_train, first_eval) if t is not None]
     diverged = min(candidates) if candidates else None
     if diverged is None:
-        return SeedOutcome(seed, train, steps, test, acc)
+        return SeedOutcome(seed, train, steps, test, acc, validation, validation_acc)
     kept = [j for j, s in enumerate(steps) if s < diverged]
     return SeedOutcome(
         seed,
@@ -432,5 +455,7 @@ def _outcome(seed: int, train: list[float], steps: list[int], test: list[float],
         [steps[j] for j in kept],
         [test[j] for j in kept],
         [acc[j] for j in kept],
+        [validation[j] for j in kept],
+        [validation_acc[j] for j in kept],
         diverged_step=diverged,
     )

@@ -38,6 +38,8 @@ class Adam(Optimizer):
 
     coordinatewise: ClassVar[bool] = True
     context_free: ClassVar[bool] = True
+    # A tuned suite's learning-rate range (four decades around torch's default 0.001).
+    search_space: ClassVar[dict[str, tuple[float, float]]] = {"lr": (1e-5, 0.1)}
 
     lr: float = 0.01
     beta1: float = 0.9

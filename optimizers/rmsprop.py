@@ -33,6 +33,8 @@ class RMSprop(Optimizer):
 
     coordinatewise: ClassVar[bool] = True
     context_free: ClassVar[bool] = True
+    # A tuned suite's learning-rate range (four decades, torch's default 0.01 inside).
+    search_space: ClassVar[dict[str, tuple[float, float]]] = {"lr": (1e-5, 0.1)}
 
     lr: float = 0.01
     alpha: float = 0.99

@@ -36,6 +36,8 @@ class SGD(Optimizer):
 
     coordinatewise: ClassVar[bool] = True
     context_free: ClassVar[bool] = True
+    # A tuned suite's learning-rate range (plain SGD and momentum: four decades around the paper's 0.01).
+    search_space: ClassVar[dict[str, tuple[float, float]]] = {"lr": (1e-4, 1.0)}
 
     lr: float = 0.01
     momentum: float = 0.0

@@ -2,10 +2,18 @@
 
 A dataset spec is a small frozen dataclass (see :mod:`l2lbench.specs`): its config and
 hash key stored results, its ``name`` is derived from its fields for people. ``load``
-returns :class:`Splits`, the whole train and test sets as uint8 tensors plus the
-normalisation to apply, because the harness samples mini-batches by index from seeded
+returns :class:`Splits`, the whole train, validation and test sets as uint8 tensors plus
+the normalisation to apply, because the harness samples mini-batches by index from seeded
 generators (no DataLoader, no worker processes, no per-batch decoding); keeping the
 stored form uint8 keeps MNIST at 55 MB and makes the pixel values exact.
+
+**Three splits.** Every dataset's validation split is carved from its training split by one
+rule (:func:`with_validation`): the last sixth of the training images, in file order, not
+stratified (MNIST, Fashion-MNIST, KMNIST: 10,000 of 60,000, leaving 50,000 to train on;
+CIFAR-10: 8,333 of 50,000). The test split is never touched. Rotated and permuted MNIST
+transform MNIST's three splits; the synthetic dataset's ``n_train`` images are split the same
+way. Training, meta-training and every choice the harness makes (tuning, selection) read
+the training and validation splits only; the test split is evaluated and reported.
 
 Kinds:
 
@@ -25,9 +33,9 @@ Example:
     >>> spec = dataset_from_config({"kind": "rotated-mnist", "angle": 45})
     >>> spec.name, spec.input_shape, spec.num_classes
     ('rotmnist45', (1, 28, 28), 10)
-    >>> splits = SyntheticSpec(n_train=64, n_test=16).load(Path("unused"))
-    >>> splits.train_images.shape, splits.train_images.dtype
-    (torch.Size([64, 1, 28, 28]), torch.uint8)
+    >>> splits = SyntheticSpec(n_train=60, n_test=16).load(Path("unused"))
+    >>> splits.train_images.shape, splits.train_images.dtype, len(splits.validation_labels)
+    (torch.Size([50, 1, 28, 28]), torch.uint8, 10)
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ __all__ = [
     "greyscale_crop",
     "import_archives",
     "load_splits",
+    "with_validation",
 ]
 
 #: MNIST normalisation used throughout the literature (mean and std of the training pixels).
@@ -79,6 +88,8 @@ class Splits:
 
     The harness feeds ``(images.float() / 255 - mean) / std`` to the learner (see
     :meth:`normalise`). Loads are cached and shared, so never modify these tensors in place.
+    A dataset's ``_load`` gives the files' train and test sets; :func:`load_splits` then
+    carves the validation split out of the training images (:func:`with_validation`).
 
     Attributes:
         train_images: (N, C, H, W) uint8.
@@ -86,6 +97,8 @@ class Splits:
         test_images: (M, C, H, W) uint8.
         test_labels: (M,) int64.
         mean, std: normalisation on the [0, 1] pixel scale.
+        validation_images, validation_labels: (V, C, H, W) uint8 and (V,) int64; ``None``
+            only before :func:`with_validation`.
     """
 
     train_images: torch.Tensor
@@ -94,9 +107,12 @@ class Splits:
     test_labels: torch.Tensor
     mean: float
     std: float
+    validation_images: torch.Tensor | None = None
+    validation_labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        for split in ("train", "test"):
+        splits = ("train", "test") + (("validation",) if self.validation_images is not None else ())
+        for split in splits:
             images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
             if images.dtype != torch.uint8 or images.dim() != 4:
                 raise ValueError(
@@ -122,6 +138,29 @@ class Splits:
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> float32 ``(x / 255 - mean) / std``."""
         return normalise(images, self.mean, self.std)
+
+
+#: The validation split is the last 1/VALIDATION_SHARE of the training images.
+VALIDATION_SHARE = 6
+
+
+def with_validation(splits: Splits) -> Splits:
+    """``splits`` with the last sixth of its training images (at least one) moved into the
+    validation split, in file order; unchanged when it already has one (a dataset derived
+    from another's carved splits, e.g. rotated MNIST)."""
+    if splits.validation_images is not None:
+        return splits
+    n = len(splits.train_labels)
+    held = max(1, n // VALIDATION_SHARE)
+    if n - held < 1:
+        raise ValueError(f"a training split of {n} image(s) leaves none to train on after the validation split (expected at least 2)")
+    return dataclasses.replace(
+        splits,
+        train_images=splits.train_images[: n - held],
+        train_labels=splits.train_labels[: n - held],
+        validation_images=splits.train_images[n - held :],
+        validation_labels=splits.train_labels[n - held :],
+    )
 
 
 def normalise(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -486,6 +525,7 @@ class RotatedMNISTSpec(DatasetSpec):
         return dataclasses.replace(
             base,
             train_images=self.rotate(base.train_images),
+            validation_images=self.rotate(base.validation_images),
             test_images=self.rotate(base.test_images),
             mean=self.mean,
             std=self.std,
@@ -540,6 +580,7 @@ class PermutedMNISTSpec(DatasetSpec):
         return dataclasses.replace(
             base,
             train_images=self.permute(base.train_images),
+            validation_images=self.permute(base.validation_images),
             test_images=self.permute(base.test_images),
             mean=self.mean,
             std=self.std,
@@ -560,7 +601,8 @@ class SyntheticSpec(DatasetSpec):
 
     Args:
         seed: in [0, 2**63 - 1].
-        n_train, n_test: number of images, each in [1, 1_000_000].
+        n_train, n_test: number of images, in [2, 1_000_000] and [1, 1_000_000]; the last
+            sixth of the n_train images is the validation split.
         num_classes: in [2, 256].
         size: image height and width, in [4, 128].
         mean, std: normalisation (0.5/0.5: the pixels average about 0.5).
@@ -584,7 +626,8 @@ class SyntheticSpec(DatasetSpec):
 
     def __post_init__(self) -> None:
         _set(self, "seed", _integer(self.kind, "seed", self.seed, 0, 2**63 - 1))
-        _set(self, "n_train", _integer(self.kind, "n_train", self.n_train, 1, 1_000_000))
+        # At least 2: one to train on and one for the validation split.
+        _set(self, "n_train", _integer(self.kind, "n_train", self.n_train, 2, 1_000_000))
         _set(self, "n_test", _integer(self.kind, "n_test", self.n_test, 1, 1_000_000))
         _set(self, "num_classes", _integer(self.kind, "num_classes", self.num_classes, 2, 256))
         _set(self, "size", _integer(self.kind, "size", self.size, 4, 128))
@@ -673,7 +716,7 @@ def load_splits(spec: DatasetSpec, data_dir: Path | str, *, download: bool = Tru
     with _CACHE_LOCK:
         splits = _CACHE.get(key)
         if splits is None:
-            splits = spec._load(key[1], download)
+            splits = with_validation(spec._load(key[1], download))
             _CACHE[key] = splits
         return splits
 

@@ -62,7 +62,8 @@ def test_hyperparameters_are_checked_by_the_plugins_own_validation_at_plan_time(
 
 def test_a_batch_larger_than_the_dataset(tmp_path, capsys):
     err = _refused(capsys, tmp_path, batch=500)
-    assert "batch_size 500 is larger than its training split of 128 images (expected at most 128)" in err
+    # 128 images: the last sixth (21) is the validation split, 107 are left to train on.
+    assert "batch_size 500 is larger than its training split of 107 images (expected at most 107)" in err
 
 
 @pytest.mark.parametrize(

@@ -76,7 +76,7 @@ def test_json_report_has_every_field(report):
 def test_text_report_names_every_figure(report):
     text = format_text(report)
     for needle in ("torch.optim.SGD", "torch.optim.Adam", "meta-test ms/seed-step", "x torch SGD",
-                   "meta-train ms/learner step", "unroll 2", "RSS growth, 4 steps", "test-set evaluation", "lstm", "sgd", "C kernels: lstm"):
+                   "meta-train ms/learner step", "unroll 2", "RSS growth, 4 steps", "validation examples", "lstm", "sgd", "C kernels: lstm"):
         assert needle in text, needle
 
 

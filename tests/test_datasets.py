@@ -97,6 +97,11 @@ def write_cifar(monkeypatch, root: Path, arrays=None, **kwargs) -> dict[str, np.
     return arrays
 
 
+def whole_train(splits: Splits, what: str = "images") -> torch.Tensor:
+    """The files' training set: the training split followed by the validation split carved from its end."""
+    return torch.cat([getattr(splits, f"train_{what}"), getattr(splits, f"validation_{what}")])
+
+
 def one_line(exc: pytest.ExceptionInfo) -> str:
     message = str(exc.value)
     assert "\n" not in message, message
@@ -112,12 +117,16 @@ def test_idx_reader_returns_exact_pixels_and_labels(tmp_path, monkeypatch, cls):
     splits = cls().load(tmp_path, download=False)
 
     assert isinstance(splits, Splits)
-    assert splits.train_images.shape == (6, 1, 28, 28)
+    # The files' 6 training images: the first 5 to train on, the last sixth (1) to validate.
+    assert splits.train_images.shape == (5, 1, 28, 28)
+    assert splits.validation_images.shape == (1, 1, 28, 28)
     assert splits.test_images.shape == (4, 1, 28, 28)
     assert splits.train_images.dtype == torch.uint8 and splits.train_labels.dtype == torch.int64
-    assert np.array_equal(splits.train_images[:, 0].numpy(), arrays["train_images"])
+    assert np.array_equal(splits.train_images[:, 0].numpy(), arrays["train_images"][:5])
+    assert np.array_equal(splits.validation_images[:, 0].numpy(), arrays["train_images"][5:])
     assert np.array_equal(splits.test_images[:, 0].numpy(), arrays["test_images"])
-    assert splits.train_labels.tolist() == arrays["train_labels"].tolist()
+    assert splits.train_labels.tolist() == arrays["train_labels"][:5].tolist()
+    assert splits.validation_labels.tolist() == arrays["train_labels"][5:].tolist()
     assert splits.test_labels.tolist() == arrays["test_labels"].tolist()
     assert (splits.mean, splits.std) == (cls().mean, cls().std)
     assert cls().input_shape == (1, 28, 28) and cls().num_classes == 10
@@ -342,18 +351,18 @@ def test_cifar10_grey_reader_matches_formula(tmp_path, monkeypatch):
         r, g, b = (rgb[:, c, :28, :28].astype(np.float64) for c in range(3))
         return np.floor(0.30 * r + 0.11 * g + 0.59 * b + 0.5 + 1e-9).astype(np.uint8)[:, None]
 
-    assert splits.train_images.shape == (15, 1, 28, 28)
+    assert whole_train(splits).shape == (15, 1, 28, 28) and len(splits.validation_labels) == 2
     assert splits.test_images.shape == (4, 1, 28, 28)
     assert splits.train_images.dtype == torch.uint8 and splits.test_labels.dtype == torch.int64
     assert splits.train_images[0, 0, 0, 0] == 154
-    assert np.array_equal(splits.train_images.numpy(), expected(arrays["train_images"]))
+    assert np.array_equal(whole_train(splits).numpy(), expected(arrays["train_images"]))
     assert np.array_equal(splits.test_images.numpy(), expected(arrays["test_images"]))
-    assert splits.train_labels.tolist() == arrays["train_labels"].tolist()
+    assert whole_train(splits, "labels").tolist() == arrays["train_labels"].tolist()
     assert splits.test_labels.tolist() == arrays["test_labels"].tolist()
 
     full = CIFAR10GreySpec(weights=(1.0, 0.0, 0.0), crop=32).load(tmp_path, download=False)
     assert CIFAR10GreySpec(crop=32).input_shape == (1, 32, 32)
-    assert np.array_equal(full.train_images[:, 0].numpy(), arrays["train_images"][:, 0])
+    assert np.array_equal(whole_train(full)[:, 0].numpy(), arrays["train_images"][:, 0])
 
 
 def test_cifar10_from_archive_only_extracts_verified_members(tmp_path, monkeypatch):
@@ -369,7 +378,7 @@ def test_cifar10_corrupt_batch_is_reextracted_from_a_verified_archive(tmp_path, 
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:100])
     splits = CIFAR10GreySpec().load(tmp_path, download=False)
-    assert len(splits.train_labels) == len(arrays["train_labels"])
+    assert len(whole_train(splits, "labels")) == len(arrays["train_labels"])
     assert files.md5(batch) == CHECKSUMS["CIFAR10"]["cifar-10-batches-py/data_batch_3"]
 
 
@@ -408,12 +417,13 @@ def test_rotation_by_0_is_identity_and_45_keeps_dtype(tmp_path, monkeypatch):
 
     rotated = RotatedMNISTSpec(angle=45).load(tmp_path, download=False)
     assert rotated.train_images.dtype == torch.uint8
-    assert rotated.train_images.shape == (6, 1, 28, 28)
+    assert rotated.train_images.shape == (5, 1, 28, 28) and rotated.validation_images.shape == (1, 1, 28, 28)
     assert not torch.equal(rotated.train_images, mnist.train_images)
     assert torch.equal(rotated.test_labels, mnist.test_labels)
     assert (rotated.mean, rotated.std) == (0.1307, 0.3081)
     r90 = RotatedMNISTSpec(angle=90).load(tmp_path, download=False)
     assert torch.equal(r90.test_images, torch.rot90(mnist.test_images, 1, dims=(-2, -1)))
+    assert torch.equal(r90.validation_images, torch.rot90(mnist.validation_images, 1, dims=(-2, -1)))
 
 
 def test_derived_mnist_datasets_parse_the_files_once(tmp_path, monkeypatch):
@@ -475,7 +485,8 @@ def test_synthetic_shapes_labels_and_independent_test_set():
     spec = SyntheticSpec(n_train=100, n_test=30, num_classes=3, size=12)
     s = spec.load(Path("unused"))
     assert spec.input_shape == (1, 12, 12) and spec.num_classes == 3
-    assert s.train_images.shape == (100, 1, 12, 12) and s.test_images.shape == (30, 1, 12, 12)
+    assert s.train_images.shape == (84, 1, 12, 12) and s.validation_images.shape == (16, 1, 12, 12)
+    assert s.test_images.shape == (30, 1, 12, 12)
     assert s.train_images.dtype == torch.uint8 and s.train_labels.dtype == torch.int64
     assert set(s.train_labels.tolist()) == {0, 1, 2} and int(s.test_labels.max()) < 3
     assert s.train_images.min() < 30 and s.train_images.max() > 225  # uses the uint8 range
@@ -689,7 +700,7 @@ def test_truncated_extracted_file_is_extracted_again(tmp_path, monkeypatch):
     extracted = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
     extracted.write_bytes(extracted.read_bytes()[:-100])
     splits = MNISTSpec().load(tmp_path, download=False)
-    assert np.array_equal(splits.train_images[:, 0].numpy(), arrays["train_images"])
+    assert np.array_equal(whole_train(splits)[:, 0].numpy(), arrays["train_images"])
 
 
 def test_files_that_do_not_fit_together_are_corrupt(tmp_path, monkeypatch):
@@ -730,7 +741,7 @@ def test_import_copies_verified_files_and_leaves_source_untouched(tmp_path, sour
     )
     for rel in copied:
         assert (data / rel).read_bytes() == (source_dir / rel).read_bytes()
-    assert MNISTSpec().load(data, download=False).train_images.shape == (6, 1, 28, 28)
+    assert whole_train(MNISTSpec().load(data, download=False)).shape == (6, 1, 28, 28)
     assert CIFAR10GreySpec().load(data, download=False).test_images.shape == (4, 1, 28, 28)
     assert files.listing(source_dir) == before
 
@@ -832,7 +843,7 @@ def test_real_mnist_imports_and_loads(tmp_path):
     assert any(line.startswith("mnist") for line in lines)
 
     splits = MNISTSpec().load(tmp_path, download=False)
-    assert splits.train_images.shape == (60000, 1, 28, 28)
+    assert splits.train_images.shape == (50000, 1, 28, 28) and splits.validation_images.shape == (10000, 1, 28, 28)
     assert splits.test_images.shape == (10000, 1, 28, 28)
     assert splits.train_images.dtype == torch.uint8 and splits.train_labels.dtype == torch.int64
     assert sorted(set(splits.test_labels.tolist())) == list(range(10))

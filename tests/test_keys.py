@@ -264,4 +264,4 @@ def test_report_rows_say_what_was_run(tmp_path, capsys):
     per_run = sum(r.wall_time_s for r in stored) / 2
     assert float(rows["sign"]["time_per_run_s"]) == pytest.approx(per_run)
     assert float(rows["sign"]["time_per_step_s"]) == pytest.approx(per_run / 8)
-    assert rows["sign"]["code"] == source_fingerprint(RULE) and rows["sign"]["protocol"] == "1"
+    assert rows["sign"]["code"] == source_fingerprint(RULE) and rows["sign"]["protocol"] == "2"

@@ -12,7 +12,7 @@ from l2lbench.store import ResultsStore
 from l2lbench.suite import builtin_suites, load_suite
 from l2lbench.tasks.datasets import CHECKSUMS, clear_cache
 
-EXPECTED = {"smoke", "same-domain", "domain-shift", "paper", "rotated-mnist", "arch-shift"}
+EXPECTED = {"smoke", "same-domain", "domain-shift", "paper", "rotated-mnist", "arch-shift", "mnist-tuned"}
 TINY = ["--steps", "3", "--seeds", "2", "--meta-trials", "2", "--meta-steps", "2"]
 
 
@@ -32,7 +32,8 @@ def test_every_suite_is_listed_and_valid():
     assert EXPECTED <= set(builtin_suites())
     for name in EXPECTED:
         suite = load_suite(name)
-        assert suite.description and suite.seeds == (3 if name == "smoke" else 5)
+        assert suite.description and suite.seeds == (3 if name == "smoke" else 8)
+        assert suite.ruleset == ("tuned" if name == "mnist-tuned" else "fixed")
         learned = _learned(name)
         assert {o.entry.name for _, o in learned} == {"lstm", "mtl2l"}, name
         if name != "smoke":
@@ -99,7 +100,8 @@ def fake_domains(tmp_path, monkeypatch, dataset_files):
     for folder, seed in (("FashionMNIST", 1), ("KMNIST", 2)):
         arrays = dataset_files.make_idx_arrays(n_train=160, n_test=20, seed=seed)
         monkeypatch.setitem(CHECKSUMS, folder, dataset_files.write_idx_dataset(root, folder, arrays))
-    cifar = dataset_files.make_cifar_arrays(per_batch=30, n_test=20)
+    # 160 training images each: 134 after the validation split, above the default batch of 128.
+    cifar = dataset_files.make_cifar_arrays(per_batch=32, n_test=20)
     monkeypatch.setitem(CHECKSUMS, "CIFAR10", dataset_files.write_cifar10(root, cifar))
     return root
 

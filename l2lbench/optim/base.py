@@ -83,6 +83,9 @@ class Optimizer:
             rules with a large working set per coordinate (the LSTM optimiser's 80 gate
             values): seeds run as coordinates in groups that stay under it. ``None``: no
             limit. Ignored on GPUs.
+        search_space: what a ``tuned`` suite searches (see :mod:`l2lbench.tuning`):
+            ``{hyperparameter: (low, high)}``, each searched on a log scale; ``{}``: run
+            as given. Not a capability: the runner never reads it to pick a code path.
     """
 
     batchable: ClassVar[bool] = True
@@ -91,6 +94,7 @@ class Optimizer:
     coordinatewise: ClassVar[bool] = False
     context_free: ClassVar[bool] = False
     max_coordinates: ClassVar[int | None] = None
+    search_space: ClassVar[dict[str, tuple[float, float]]] = {}
 
     def init(self, params: Params, *, generator: torch.Generator | None = None) -> State:
         raise NotImplementedError

@@ -35,11 +35,21 @@ REPORT_FILES = {"markdown": "report.md", "github": "report.md", "latex": "report
                 "csv": "leaderboard.csv", "json": "report.json"}
 
 
+def _positive(value: str) -> int:
+    from ..argtypes import positive_int
+
+    return positive_int(value)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``report`` options to ``parser``."""
     parser.add_argument("--suite", metavar="NAME",
                         help="only this suite's tasks and optimisers (a built-in name or a .toml file); "
                              "also lists the suite's runs that are missing")
+    parser.add_argument("--ruleset", choices=("fixed", "tuned"),
+                        help="with --suite: the ruleset the suite was run with, if not its own (run --ruleset)")
+    parser.add_argument("--tuning-trials", type=_positive, metavar="N",
+                        help="with --suite: the tuning trials it was run with, if not its own (run --tuning-trials)")
     parser.add_argument("--format", choices=FORMATS, default=FORMATS[0],
                         help="output format (default: markdown); csv and json keep full precision")
     parser.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR",
@@ -166,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
     records = read_runs(results)
     suite = None
     if getattr(args, "suite", None):
-        suite = load_suite(args.suite)
+        suite = load_suite(args.suite).with_overrides(ruleset=getattr(args, "ruleset", None),
+                                                      tuning_trials=getattr(args, "tuning_trials", None))
         records = restrict_to_suite(records, suite)
         if not records:
             raise UsageError(f"no runs of suite {suite.name!r} stored in {results}; "
@@ -174,12 +185,22 @@ def run(args: argparse.Namespace) -> int:
     notes: list[str] = []
     if not getattr(args, "all_versions", False):
         records, notes = current_runs(records, registry)
-        for note in notes:
-            print(f"l2lbench: note: {note}", file=sys.stderr)
         if not records:
             raise UsageError(f"no runs of the current code stored in {results} ({notes[-1]})")
+    from . import tuning as report_tuning
+
+    plans = report_tuning.plans_for(suite, registry, records) if suite is not None and suite.ruleset == "tuned" else []
+    records, tuning_notes = report_tuning.final_records(records, plans, registry)
+    notes += tuning_notes
+    for note in notes:
+        print(f"l2lbench: note: {note}", file=sys.stderr)
+    if not records:
+        raise UsageError(f"no final runs stored in {results} (only tuning runs); run `l2lbench run` to finish them")
     reference = _reference(tables.group_runs(records), records, getattr(args, "reference", DEFAULT_REFERENCE))
-    report = tables.build_report(records, results=str(results), reference=reference, suite=suite)
+    renamed = {p.base.name: f"{p.base.name}-tuned" for p in plans}
+    report = tables.build_report(records, results=str(results), reference=reference, suite=suite, renamed=renamed)
+    if plans:
+        report.tuning = report_tuning.table(plans, suite.tuning)
     report.notes += notes
     if reference is None:
         report.notes.append(f"No speed-ups: the reference optimiser {DEFAULT_REFERENCE!r} has no runs here "
@@ -192,6 +213,10 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             pngs = plots.write_plots(report.groups, report.leaderboard, out / "plots", log_y=getattr(args, "log_y", False))
+            pngs.update(report_tuning.write_plots(plans, out / "plots"))
+            from .target import write_profile_plot
+
+            pngs.update(write_profile_plot(report.time_to_target, out / "plots"))
         except OSError as exc:
             raise UsageError(f"cannot write plots under {str(out / 'plots')!r}: {exc.strerror or exc}") from None
         images = {key: path.relative_to(out).as_posix() for key, path in pngs.items()}

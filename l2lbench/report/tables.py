@@ -24,7 +24,7 @@ from tabulate import tabulate
 from ..errors import L2LBenchError
 from ..store import RunRecord
 from ..suite import Suite
-from . import published, stats
+from . import published, stats, target
 
 #: Text formats and the tabulate table format each one uses.
 TABLE_FORMATS = {"markdown": "pipe", "github": "github", "latex": "latex_booktabs", "html": "html"}
@@ -412,10 +412,19 @@ def _pair(a: Group, b: Group) -> tuple[np.ndarray, np.ndarray]:
 
 
 def paired_comparisons(
-    groups: Mapping[str, Sequence[Group]], board: pd.DataFrame, *, reference: str | None, alpha: float = stats.ALPHA
+    groups: Mapping[str, Sequence[Group]],
+    board: pd.DataFrame,
+    *,
+    reference: str | None,
+    alpha: float = stats.ALPHA,
+    seed: int = BOOTSTRAP_SEED,
 ) -> pd.DataFrame:
-    """Each optimiser against its task's best-ranked one (and against the reference), paired by seed."""
-    columns = ["task", "optimizer", "versus", "pairs", "mean_difference", "p_value", "verdict"]
+    """Each optimiser against its task's best-ranked one (and against the reference), paired by seed:
+    the mean paired difference with its 95% bootstrap interval over the seeds both finished
+    (``interval``: whether it excludes 0), and Wilcoxon's signed-rank verdict, which with
+    few seeds cannot resolve anything (5 seeds: p >= 0.0625 always)."""
+    columns = ["task", "optimizer", "versus", "pairs", "mean_difference", "difference_low", "difference_high",
+               "interval", "p_value", "verdict"]
     rows = []
     for task, task_groups in sorted(groups.items()):
         by_name = {g.optimizer: g for g in task_groups}
@@ -432,8 +441,11 @@ def paired_comparisons(
                 done.add(frozenset((name, versus)))
                 a, b = _pair(by_name[name], by_name[versus])
                 test = stats.paired_wilcoxon(a, b, alpha=alpha)
+                low, high = stats.bootstrap_ci(a - b, seed=seed)  # non-finite pairs (a diverged seed) left out
+                interval = ("lower" if high < 0 else "higher" if low > 0 else "includes 0") if math.isfinite(low) else "-"
                 rows.append({"task": task, "optimizer": name, "versus": versus, "pairs": test.n,
-                             "mean_difference": test.mean_difference, "p_value": test.p_value, "verdict": test.verdict})
+                             "mean_difference": test.mean_difference, "difference_low": low, "difference_high": high,
+                             "interval": interval, "p_value": test.p_value, "verdict": test.verdict})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -505,17 +517,20 @@ def _seed_list(seeds: Iterable[int]) -> str:
     return ", ".join(map(str, sorted(seeds)))
 
 
-def missing_runs(records: Sequence[RunRecord], suite: Suite) -> pd.DataFrame:
-    """Runs the suite expects (task x optimiser x seed index) that are not stored as ok/diverged."""
+def missing_runs(records: Sequence[RunRecord], suite: Suite, renamed: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Runs the suite expects (task x optimiser x seed index) that are not stored as
+    ok/diverged; ``renamed``: the names its optimisers run under (a tuned suite's winners)."""
+    renamed = renamed or {}
     finished = {(r.task_hash, r.optimizer_name, r.seed) for r in records if r.status in ("ok", "diverged")}
     failed = {(r.task_hash, r.optimizer_name, r.seed) for r in records if r.status == "failed"}
     rows = []
     for task in suite.tasks:
         for optimizer in suite.optimizers:
-            keys = [(task.hash, optimizer.name, s) for s in range(suite.seeds)]
+            name = renamed.get(optimizer.name, optimizer.name)
+            keys = [(task.hash, name, s) for s in range(suite.seeds)]
             missing = [k[2] for k in keys if k not in finished]
             if missing:
-                rows.append({"task": task.name, "optimizer": optimizer.name, "missing": len(missing),
+                rows.append({"task": task.name, "optimizer": name, "missing": len(missing),
                              "seeds": _seed_list(missing), "failed_seeds": _seed_list(k[2] for k in keys if k in failed)})
     return pd.DataFrame(rows, columns=["task", "optimizer", "missing", "seeds", "failed_seeds"])
 
@@ -553,6 +568,10 @@ class Report:
     published: pd.DataFrame = field(default_factory=pd.DataFrame)
     # Learned optimisers over their meta-training seeds (meta_seed_summary).
     meta_seeds: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # A tuned suite's choices (report.tuning.table).
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # Steps and time to each task's target validation loss (report.target).
+    time_to_target: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def build_report(
@@ -563,8 +582,10 @@ def build_report(
     suite: Suite | None = None,
     seed: int = BOOTSTRAP_SEED,
     alpha: float = stats.ALPHA,
+    renamed: Mapping[str, str] | None = None,
 ) -> Report:
-    """All tables of a report on ``records`` (already restricted to a suite when given)."""
+    """All tables of a report on ``records`` (already restricted to a suite when given);
+    ``renamed``: the names the suite's optimisers ran under, where not their own."""
     groups = group_runs(records)
     board = leaderboard(groups, reference=reference, seed=seed)
     return Report(
@@ -576,11 +597,12 @@ def build_report(
         leaderboard=board,
         ranks=rank_summary(board),
         generalisation=generalisation_gaps(board),
-        comparisons=paired_comparisons(groups, board, reference=reference, alpha=alpha),
+        comparisons=paired_comparisons(groups, board, reference=reference, alpha=alpha, seed=seed),
         failures=failures(records),
-        missing=missing_runs(records, suite) if suite else None,
+        missing=missing_runs(records, suite, renamed) if suite else None,
         published=published.comparison(groups),
         meta_seeds=meta_seed_summary(groups, seed=seed),
+        time_to_target=target.time_to_target(groups),
     )
 
 
@@ -694,7 +716,8 @@ def generalisation_display(gaps: pd.DataFrame) -> pd.DataFrame:
 def comparisons_display(comparisons: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([
         {"optimizer": r["optimizer"], "versus": r["versus"], "pairs": str(r["pairs"]),
-         "mean loss difference": num(r["mean_difference"]), "p": num(r["p_value"], 3), "verdict": r["verdict"]}
+         "mean loss difference [95% CI]": _estimate(r["mean_difference"], r["difference_low"], r["difference_high"]),
+         "interval": r["interval"], "p": num(r["p_value"], 3), "Wilcoxon verdict": r["verdict"]}
         for r in comparisons.to_dict("records")
     ])
 
@@ -745,13 +768,21 @@ def document(report: Report, images: Mapping[str, str] | None = None) -> list[Bl
         if f"task/{task}" in images:
             blocks.append(Block("image", (images[f"task/{task}"], f"test loss on {task}")))
     blocks += _summary_blocks(report, images)
+    if not report.tuning.empty:
+        blocks += _tuning_blocks(report.tuning, images)
+    if not report.time_to_target.empty:
+        blocks += _target_blocks(report.time_to_target, images)
     blocks.append(Block("heading", "Paired comparisons", 2))
     if report.comparisons.empty:
         blocks.append(Block("text", "Nothing to compare (one optimiser per task)."))
     else:
         blocks.append(Block("text", "Each optimiser against the task's best-ranked one and against the reference, "
-                                    "seeds paired by index; the verdict reads 'optimizer is ... than versus' "
-                                    "(Wilcoxon signed-rank, alpha 0.05); mean loss difference = optimizer - versus."))
+                                    "seeds paired by index; mean loss difference = optimizer - versus, with its 95% "
+                                    "bootstrap interval over the pairs ('interval': the optimiser's final loss is "
+                                    "lower or higher than versus' when the interval excludes 0). The Wilcoxon "
+                                    "signed-rank verdict (alpha 0.05) reads 'optimizer is ... than versus'; with "
+                                    "fewer than 6 seeds it cannot resolve anything. A bootstrap interval over fewer than 8 pairs "
+                                    "is too narrow: read it with care."))
     for task, rows in report.comparisons.groupby("task", sort=True) if not report.comparisons.empty else []:
         blocks.append(Block("heading", task, 3))
         blocks.append(Block("table", comparisons_display(rows)))
@@ -774,6 +805,56 @@ def document(report: Report, images: Mapping[str, str] | None = None) -> list[Bl
                                      for r in report.failures.to_dict("records")]))
     blocks.append(Block("heading", "Notes", 2))
     blocks.append(Block("list", list(NOTES) + report.notes))
+    return blocks
+
+
+def _target_blocks(table: pd.DataFrame, images: Mapping[str, str]) -> list[Block]:
+    def steps(value: float) -> str:
+        return "not reached" if not math.isfinite(value) else f"{value:.0f}"
+
+    blocks = [
+        Block("heading", "Time to target", 2),
+        Block("text", f"Per task, the target is {target.TARGET_SLACK:g} x the lowest mean final validation loss of "
+                      "a hand-designed optimiser there. Steps: the median over seeds of the first evaluation at or "
+                      "below the target (a seed that never gets there counts as never); time: that many steps at "
+                      "the row's time per step."),
+    ]
+    for task, rows in table.groupby("task", sort=True):
+        blocks.append(Block("heading", f"{task} (target validation loss {num(rows['target'].iloc[0])})", 3))
+        shown = rows.sort_values(["steps_to_target", "optimizer"], kind="stable")
+        blocks.append(Block("table", pd.DataFrame([
+            {"optimizer": r["optimizer"], "seeds reaching it": f"{r['reached']}/{r['seeds']}",
+             "steps to target": steps(r["steps_to_target"]),
+             "time to target (s)": "-" if not math.isfinite(r["time_to_target_s"]) else num(r["time_to_target_s"], 3)}
+            for r in shown.to_dict("records")
+        ])))
+    if "profile" in images:
+        blocks.append(Block("text", "Performance profile: for each tau, the fraction of tasks on which an optimiser "
+                                    "reaches the target within tau times the fewest steps any optimiser needs there."))
+        blocks.append(Block("image", (images["profile"], "performance profile")))
+    return blocks
+
+
+def _tuning_blocks(table: pd.DataFrame, images: Mapping[str, str]) -> list[Block]:
+    rows = pd.DataFrame([
+        {"task": r["task"], "optimizer": r["optimizer"], "chosen": r["chosen"],
+         f"validation {table.attrs.get('objective', 'final')} loss": num(r["objective"]), "range": r["range"],
+         "candidates x tuning seeds": f"{r['candidates']} x {r['tuning_seeds']}",
+         "on the edge": r["on_edge"] or "-", "tuning runs": str(r["tuning_runs"]),
+         "tuning learner steps": str(r["tuning_learner_steps"]), "tuning time (s)": num(r["tuning_time_s"], 3)}
+        for r in table.to_dict("records")
+    ])
+    blocks = [
+        Block("heading", "Tuning", 2),
+        Block("text", "The suite's ruleset is 'tuned': each optimiser's candidates ran on tuning seeds (disjoint "
+                      "from the final seeds) and the one with the lowest validation loss was run on the final "
+                      "seeds (its leaderboard row, '<name>-tuned'); no choice read the test split. A value on the "
+                      "edge of its range means the range may be too narrow. Learned optimisers are not tuned; "
+                      "their meta-training cost is in the leaderboards."),
+        Block("table", rows),
+    ]
+    for key in sorted(k for k in images if k.startswith("tuning/")):
+        blocks.append(Block("image", (images[key], f"validation objective against each candidate, {key[7:]}")))
     return blocks
 
 
@@ -960,6 +1041,10 @@ def machine_tables(report: Report) -> dict[str, pd.DataFrame]:
         tables["published"] = report.published
     if not report.meta_seeds.empty:
         tables["meta_seeds"] = report.meta_seeds
+    if not report.tuning.empty:
+        tables["tuning"] = report.tuning
+    if not report.time_to_target.empty:
+        tables["time_to_target"] = report.time_to_target
     return tables
 
 
