@@ -269,5 +269,10 @@ def _tune(suite: Any, pairs: list, registry: Any, store: Any, execute: Callable,
             f"(validation {suite.tuning.objective} loss {best:.4g}{edge})")
         chosen[(p.task, p.base)] = p.chosen(registry)
     tuned = {(p.task, p.base) for p in plans}
-    kept = [(t, chosen[(t, o)]) if (t, o) in chosen else (t, o) for t, o in pairs if (t, o) not in tuned or (t, o) in chosen]
+    kept = []
+    for pair in pairs:
+        if pair in chosen:
+            kept.append((pair[0], chosen[pair]))
+        elif pair not in tuned:  # not tuned (learned, or no search space): as given
+            kept.append(pair)
     return kept, failed

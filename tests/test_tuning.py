@@ -212,3 +212,57 @@ def test_a_version_1_store_gains_validation_columns(tmp_path):
     db.close()
     (run,) = ResultsStore(tmp_path).runs()
     assert run.test_loss == [2.0] and run.validation_loss == [] and run.validation_accuracy == []
+
+
+# ----------------------------------------------------------------------------- time to target, intervals
+
+from l2lbench.report import target  # noqa: E402
+from l2lbench.report.tables import Group, paired_comparisons  # noqa: E402
+from l2lbench.store import RunRecord  # noqa: E402
+
+
+def _record(name, seed, validation, *, test=1.0, learned=False, wall=2.0):
+    return RunRecord(
+        task_hash="t", optimizer_hash=name, seed=seed, task_name="task", optimizer_name=name,
+        task_config={"steps": 20}, optimizer_config={"entry": name}, status="ok", train_loss=[1.0] * 20,
+        eval_steps=[0, 10, 20], test_loss=[2.0, 1.5, test], test_accuracy=[0.1] * 3, validation_loss=list(validation),
+        validation_accuracy=[0.1] * 3, wall_time_s=wall,
+        provenance={"meta_training": {"datasets": ["x"], "horizon": 5}} if learned else {},
+    )
+
+
+def test_time_to_target_by_hand():
+    # Hand-designed a ends at 0.5 and 0.7 (mean 0.6), b at 0.9: the target is 1.1 x 0.6 = 0.66.
+    a = Group("task", "a", (_record("a", 0, [1.0, 0.6, 0.5]), _record("a", 1, [1.0, 0.9, 0.7])))
+    b = Group("task", "b", (_record("b", 0, [1.0, 0.95, 0.9]), _record("b", 1, [1.0, 0.95, 0.9])))
+    # A learned optimiser's 0.1 does not set the target, but it reaches it at step 10 on both seeds.
+    c = Group("task", "c", (_record("c", 0, [1.0, 0.1, 0.1], learned=True), _record("c", 1, [1.0, 0.5, 0.1], learned=True)))
+    table = target.time_to_target({"task": [a, b, c]}).set_index("optimizer")
+    assert table.loc["a", "target"] == pytest.approx(0.66)
+    assert table.loc["c", "steps_to_target"] == 10 and table.loc["c", "reached"] == 2
+    # Time: 10 steps at 2 s per 20-step run.
+    assert table.loc["c", "time_to_target_s"] == pytest.approx(10 * 2.0 / 20)
+    assert math.isinf(table.loc["a", "steps_to_target"]) and table.loc["a", "reached"] == 1  # median of 10 and never
+    assert math.isinf(table.loc["b", "steps_to_target"]) and table.loc["b", "reached"] == 0
+
+
+def test_performance_profile_by_hand():
+    import pandas as pd
+
+    table = pd.DataFrame({"task": ["t1", "t1", "t2", "t2"], "optimizer": ["A", "B", "A", "B"],
+                          "steps_to_target": [10.0, 20.0, 40.0, math.inf]})
+    frame = target.profile(table, taus=[1.0, 2.0, 64.0]).set_index(["optimizer", "tau"])["fraction"]
+    assert frame[("A", 1.0)] == 1.0 and frame[("A", 64.0)] == 1.0
+    assert frame[("B", 1.0)] == 0.0 and frame[("B", 2.0)] == 0.5 and frame[("B", 64.0)] == 0.5
+
+
+def test_paired_comparison_gives_the_bootstrap_interval_of_the_difference():
+    import pandas as pd
+
+    low = Group("task", "low", tuple(_record("low", s, [1.0] * 3, test=0.4 + 0.01 * s) for s in range(4)))
+    high = Group("task", "high", tuple(_record("high", s, [1.0] * 3, test=0.5 + 0.01 * s) for s in range(4)))
+    board = pd.DataFrame({"task": ["task", "task"], "optimizer": ["low", "high"]})  # ranked: low first
+    rows = paired_comparisons({"task": [low, high]}, board, reference=None).set_index("optimizer")
+    # Every pair differs by +0.1 exactly (high - low): a zero-width interval above 0.
+    assert rows.loc["high", "versus"] == "low" and rows.loc["high", "interval"] == "higher"
+    assert rows.loc["high", "difference_low"] == pytest.approx(0.1) and rows.loc["high", "difference_high"] == pytest.approx(0.1)

@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     from . import tuning as report_tuning
 
     plans = report_tuning.plans_for(suite, registry, records) if suite is not None and suite.ruleset == "tuned" else []
-    records, tuning_notes = report_tuning.final_records(records, plans, registry)
+    records, tuning_notes = report_tuning.final_records(records, plans)
     notes += tuning_notes
     for note in notes:
         print(f"l2lbench: note: {note}", file=sys.stderr)

@@ -34,19 +34,22 @@ def plans_for(suite: Any, registry: Any, records: Sequence[Any]) -> list[Tuned]:
     for record in records:
         index[(record.task_hash, record.optimizer_hash)].append(record)
     plans = []
+    resolved: dict[int, Any] = {}  # each optimiser resolved (its plug-in built) once, not once per task
     for device_type in _device_types(records):
         pairs = []
         for task, spec in suite.pairs():
-            resolved = registry.resolve(spec)
-            if not resolved.learned:  # learned optimisers are never tuned
-                pairs.append((task, dataclasses.replace(resolved, numerics=device_type)))
+            if id(spec) not in resolved:
+                resolved[id(spec)] = registry.resolve(spec)
+            optimizer = resolved[id(spec)]
+            if not optimizer.learned:  # learned optimisers are never tuned
+                pairs.append((task, dataclasses.replace(optimizer, numerics=device_type)))
         found = tuning_plan(pairs, suite.tuning, registry)
         score(found, lambda task, optimizer: index.get((task, optimizer), []), suite.tuning)
         plans += [p for p in found if p.runs]
     return plans
 
 
-def final_records(records: Sequence[Any], plans: Sequence[Tuned], registry: Any) -> tuple[list[Any], list[str]]:
+def final_records(records: Sequence[Any], plans: Sequence[Tuned]) -> tuple[list[Any], list[str]]:
     """The runs to report: no tuning runs, and of each tuned optimiser only its current
     winner's final runs; notes on what was left out."""
     chosen = {}
