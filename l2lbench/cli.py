@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     lister = commands.add_parser("list", help="list optimizers, tasks or suites")
     lister.add_argument("what", choices=["optimizers", "tasks", "suites"])
     lister.add_argument("--format", choices=["text", "json"], default="text")
+    lister.add_argument("--all", action="store_true",
+                        help="optimizers: also every torch.optim class (and pytorch_optimizer's, when installed), "
+                             "usable by name without a file (torch:NAdam)")
     add_common(lister)
 
     data = commands.add_parser("data", help="manage datasets")
@@ -129,6 +132,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 print(f"l2lbench: warning: {exc}", file=sys.stderr)
                 description = "(cannot be imported: see the warning)"
             rows.append({"name": entry.name, "source": entry.source, "description": description})
+        if args.all:
+            rows += _library_rows()
     elif args.what == "suites":
         rows = []
         for name in builtin_suites():
@@ -149,6 +154,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         print(tabulate(rows, headers="keys", tablefmt="simple", maxcolwidths=[None] * (len(rows[0]) - 1) + [70] if rows else None))
     return 0
+
+
+def _library_rows() -> list[dict[str, str]]:
+    """Every optimiser class of the installed libraries, as `list optimizers --all` rows."""
+    from .optim.library import LIBRARIES, classes
+
+    rows = []
+    for prefix, (module, distribution) in LIBRARIES.items():
+        try:
+            names = classes(prefix)
+        except L2LBenchError:  # not installed: say how to get it
+            rows.append({"name": f"{prefix}:*", "source": "library (not installed)",
+                         "description": f"pip install {distribution}"})
+            continue
+        rows += [{"name": f"{prefix}:{name}", "source": f"library {module}", "description": f"{module}.{name}"}
+                 for name in names]
+    return rows
 
 
 def cmd_data(args: argparse.Namespace) -> int:

@@ -61,7 +61,10 @@ def _assignment(value: str) -> tuple[str, str]:
 
 
 def add_arguments(run: argparse.ArgumentParser) -> None:
-    run.add_argument("--suite", required=True, help="a built-in suite name or a .toml file")
+    run.add_argument("--suite", help="a built-in suite name or a .toml file")
+    run.add_argument("--task", type=csv_list, metavar="NAME",
+                     help="instead of --suite: these tasks (names from `l2lbench list tasks`), with the optimisers, "
+                          "seeds and meta-training of the first built-in suite that lists them")
     run.add_argument("--tasks", type=csv_list, metavar="A,B", help="only these tasks (names, dataset names or globs)")
     run.add_argument("--optimizers", type=csv_list, metavar="X,Y", help="only these optimisers (any registered name)")
     run.add_argument("--seeds", type=positive_int, metavar="N", help="seeds 0..N-1 (default: the suite's)")
@@ -91,6 +94,9 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--rerun", action="store_true",
                      help="recompute the runs (and meta-trainings) the selection covers, replacing stored ones "
                           "once the new ones finish")
+    run.add_argument("--no-check", action="store_true",
+                     help="skip the conformance checks (interface, state shapes, out of place) that plug-ins must "
+                          "pass before they run")
     run.add_argument("--force", action="store_true",
                      help="run jobs even where their estimated memory or compute does not fit")
     run.add_argument("--verbose", "-v", action="store_true", help="print one line per finished job")
@@ -155,7 +161,7 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
     from .parallel import Executor
     from .runner import check_batches, plan, resolve_device, run_jobs, suite_runs, with_meta_training
     from .store import ResultsStore
-    from .suite import load_suite
+    from .suite import load_suite, task_suite
     from .training import keep_freed_memory
 
     keep_freed_memory()  # this process may train (--workers 1): reuse freed memory
@@ -165,7 +171,10 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
 
     if args.meta_seeds and args.meta_seeds > MAX_META_SEEDS:
         raise UsageError(f"invalid --meta-seeds {args.meta_seeds} (expected at most {MAX_META_SEEDS})")
-    suite = load_suite(args.suite).with_overrides(steps=args.steps, meta=meta or None, meta_seeds=args.meta_seeds,
+    if (args.suite is None) == (args.task is None):
+        raise UsageError("run needs --suite NAME or --task NAME (one of them; `l2lbench list suites`, `l2lbench list tasks`)")
+    base = load_suite(args.suite) if args.suite else task_suite(args.task)
+    suite = base.with_overrides(steps=args.steps, meta=meta or None, meta_seeds=args.meta_seeds,
                                                   ruleset=args.ruleset, tuning_trials=args.tuning_trials)
     workers = args.workers or _default_workers()
     Executor(workers=workers, backend=args.backend, scheduler=args.scheduler)  # bad options: exit 2 now
@@ -187,6 +196,8 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
             pairs[i] = (pairs[i][0], dataclasses.replace(given, spec=pairs[i][1].spec))
     seeds = args.seeds or suite.seeds
     executor = _sized_executor(args, pairs, seeds, workers, say)
+    if not args.no_check:
+        _check_plugins(pairs, tuple(args.plugin), executor, limit=min(60.0, args.run_timeout or 60.0))
     # Fail fast, before any compute, on data that is missing or corrupt (meta-training too).
     datasets = {t.dataset for t, _ in pairs}
     datasets |= {t.dataset for _, o in pairs if o.meta_training is not None for t in o.meta_training.tasks}
@@ -240,6 +251,45 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
     for line in failed:
         print(f"l2lbench: failed: {line}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _plugin_problems(specs: tuple, plugins: tuple[str, ...]) -> dict[Any, list[str]]:
+    # In one worker process: rebuild each plug-in there and run the fast checks on it. One
+    # that cannot even be built here is left to its runs, which will say why.
+    from .parallel import worker_registry
+    from .testing.conformance import fast_problems
+
+    found = {}
+    for spec in specs:
+        try:
+            optimizer = worker_registry(plugins).resolve(spec).build()
+        except BaseException:  # noqa: BLE001 - even its own exit: a worker ignores stop signals
+            continue
+        found[spec] = fast_problems(optimizer)
+    return found
+
+
+def _check_plugins(pairs: list, plugins: tuple[str, ...], executor: Any, *, limit: float) -> None:
+    """Refuse a plug-in that fails a fast conformance check (exit 2, before anything runs):
+    one that changes its inputs in place, say, would otherwise store plausible numbers.
+    The checks run in a worker process, as the plug-ins' runs do, so one that crashes or
+    hangs there (past ``limit`` seconds per plug-in) costs only its own runs later, not
+    this command."""
+    import dataclasses
+
+    from .errors import PluginError
+    from .optim.registry import BUILT_IN
+
+    specs = {o.spec: o for _, o in pairs if o.entry.kind != BUILT_IN}
+    if not specs:
+        return
+    checker = dataclasses.replace(executor, workers=1, isolate=True) if executor.backend == "local" else executor
+    batch = tuple(specs)
+    for _, found in checker.map(_plugin_problems, [batch], plugins, time_limit=lambda item: limit * len(item)):
+        for spec, problems in (found.items() if isinstance(found, dict) else ()):
+            if problems:
+                raise PluginError(f"optimizer {spec.name!r} ({specs[spec].entry.source}) fails the conformance check "
+                                  f"{problems[0]} (fix it, or run with --no-check)")
 
 
 def _tune(suite: Any, pairs: list, registry: Any, store: Any, execute: Callable, args: argparse.Namespace,

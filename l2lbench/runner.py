@@ -491,7 +491,7 @@ def suite_runs(
     if optimizer_names:
         known = {o.name for o in suite.optimizers}
         specs = [o for o in suite.optimizers if o.name in optimizer_names]
-        specs += [OptimizerSpec(n) for n in optimizer_names if n not in known]
+        specs += [OptimizerSpec.from_config(n) for n in optimizer_names if n not in known]
     # Resolved, validated and classified once per optimiser, not once per task: each of
     # these builds the plug-in.
     resolved: dict[int, tuple[ResolvedOptimizer, bool]] = {}

@@ -237,3 +237,23 @@ def _build(data: Mapping[str, Any], name: str, source: str) -> Suite:
             except ConfigError as exc:
                 raise ConfigError(f"optimizer {spec.name!r}: {exc}") from None
     return suite
+
+
+def task_suite(names: list[str]) -> Suite:
+    """A suite of named tasks (any task `l2lbench list tasks` shows), for ``run --task``:
+    the tasks with the optimisers, seeds, ruleset and meta-training of the first built-in
+    suite, in alphabetical order, that lists the first of them."""
+    found: dict[str, tuple[TaskSpec, Suite]] = {}
+    for suite_name in builtin_suites():
+        suite = load_suite(suite_name)
+        for task in suite.tasks:
+            found.setdefault(task.name, (task, suite))
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise UsageError(f"unknown task {unknown[0]!r}; expected a name from `l2lbench list tasks`, e.g. "
+                         f"{', '.join(sorted(found)[:4])}")
+    home = found[names[0]][1]
+    tasks = tuple(dict.fromkeys(found[n][0] for n in names))
+    return dataclasses.replace(home, name=f"task {', '.join(names)}", tasks=tasks,
+                               source=f"--task (settings of built-in suite {home.name})")
+

@@ -104,7 +104,7 @@ def _bad_inputs(tmp_path):
         (["list", "widgets"], "argument what: invalid choice: 'widgets'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["data", "import", str(tmp_path / "nowhere")], "is not a folder"),
-        (["run"], "the following arguments are required: --suite"),
+        (["run"], "run needs --suite NAME or --task NAME"),
     ]
 
 

@@ -67,6 +67,9 @@ def test_readme_checkpoint_example_trains_a_model(tmp_path, monkeypatch):
     loader = [(torch.randn(8, 1, 28, 28, generator=generator), torch.randint(10, (8,), generator=generator))] * 3
     namespace = {"loader": loader}
     exec(_block("import torch, l2lbench"), namespace)
-    opt = namespace["opt"]
+    opt, schedule = namespace["opt"], namespace["schedule"]
     assert opt.steps_taken == 3
     assert type(opt.functional).__name__ == "LSTMOptimizer"
+    # Cosine annealing over the 3 batches: lr = initial (1 + cos(pi t / 3)) / 2, 0 after the last.
+    assert [g["initial_lr"] for g in opt.param_groups] == [1.0, 0.5]
+    assert schedule.get_last_lr() == pytest.approx([0.0, 0.0], abs=1e-12)

@@ -248,7 +248,7 @@ def test_partial_suite_lists_missing_and_failed_runs(tmp_path, capsys, tiny_suit
     ("markdown", "report.md", "|   rank | optimizer"),
     ("github", "report.md", "| optimizer"),
     ("latex", "report.tex", "\\begin{tabular}"),
-    ("html", "report.html", "<table>"),
+    ("html", "report.html", "<table class=\"sortable\">"),
 ])
 def test_every_text_format(tmp_path, capsys, fmt, file, marker):
     folder = store_with(tmp_path, hand_records())
@@ -311,11 +311,26 @@ def test_task_figure_axes_legend_and_log_scale():
     figure = plots.task_figure(task, groups[task], log_y=True, subtitle="dataset mnist")
     ax = figure.axes[0]
     assert ax.get_yscale() == "log" and ax.get_xlabel() == "step" and ax.get_ylabel().startswith("test loss")
-    assert task in ax.get_title()
+    assert [a.get_ylabel().split(" (")[0] for a in figure.axes] == ["test loss", "train loss", "test accuracy"]
+    assert figure.axes[2].get_yscale() == "linear"  # accuracy never on a log axis
+    assert task in figure.get_suptitle()
     labels = [t.get_text() for t in figure.legends[0].get_texts()]
-    assert labels == ["adam", "lstm (meta-trained on mnist, 10 steps)"]
+    assert labels == ["adam", "lstm (meta-trained on mnist, 10 steps)", "meta-training horizon"]
     lines = {line.get_label(): line.get_color() for line in ax.get_lines()}
     assert lines["adam"] == "#1f77b4" and lines["lstm (meta-trained on mnist, 10 steps)"] == "#00a5c8"
+    # The LSTM's 10-step horizon, dotted in its colour, on every panel of the 30-step task.
+    for a in figure.axes:
+        marks = [line for line in a.get_lines() if line.get_linestyle() == ":"]
+        assert [(tuple(m.get_xdata()), m.get_color()) for m in marks] == [((10, 10), "#00a5c8")]
+
+
+def test_loss_axes_turn_logarithmic_when_curves_span_a_decade():
+    groups = tables.group_runs(domain_shift_records())
+    task = next(t for t in groups if t.startswith("mnist"))
+    span = max(g.curves()[1].mean(axis=0).max() for g in groups[task]) / min(
+        g.curves()[1].mean(axis=0).min() for g in groups[task])
+    figure = plots.task_figure(task, groups[task])
+    assert figure.axes[0].get_yscale() == ("log" if span > plots.AUTO_LOG_SPAN else "linear")
 
 
 def test_paper_colours_then_a_colour_blind_safe_palette():

@@ -156,7 +156,8 @@ def load_optimizer(checkpoint: Path | str, params: Any, *, plugins: tuple[str, .
     Args:
         checkpoint: a file written by ``l2lbench meta-train`` (or found in
             ``<results>/checkpoints/``).
-        params: your model's parameters (``model.parameters()``).
+        params: your model's parameters (``model.parameters()``, ``model.named_parameters()``)
+            or parameter groups (dicts with ``params`` and hyperparameters such as ``lr``).
         plugins: plug-in files or modules providing the optimiser, if not built in.
         seed: seeds the generator of optimisers that draw random numbers.
 
@@ -170,9 +171,12 @@ def load_optimizer(checkpoint: Path | str, params: Any, *, plugins: tuple[str, .
     loaded = load_checkpoint(checkpoint)
     registry = OptimizerRegistry.default(plugins)
     resolved = registry.resolve(OptimizerSpec(loaded.entry, tuple(sorted(loaded.hparams.items()))))
-    params = list(params)
-    if not params:
-        raise UsageError("load_optimizer got no parameters (expected model.parameters())")
+    # Parameter groups' "params" may be generators: read each once, then hand them on.
+    params = [{**p, "params": list(p["params"])} if isinstance(p, dict) else p for p in params]
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    tensors = [t[1] if isinstance(t, tuple) else t for t in tensors]  # named_parameters() pairs
+    if not tensors:
+        raise UsageError("load_optimizer got no parameters (expected model.parameters() or parameter groups)")
     bound = loaded.bind(resolved.build(), entry=loaded.entry, hparams=resolved.hparams)
-    bound.meta.to(params[0].device)
+    bound.meta.to(tensors[0].device)
     return FunctionalAdapter(params, bound, seed=seed)

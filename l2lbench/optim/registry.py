@@ -6,7 +6,9 @@ Three ways in, all explicit (no import-time registration side effects):
 * installed packages: entry-point group ``l2lbench.optimizers``, one entry point per
   optimiser (``name = "package.module:factory"``), imported only when named or listed;
 * ``--plugin path/to/file.py`` or ``--plugin package.module``: a module that defines
-  ``OPTIMIZERS = {"name": factory, ...}``.
+  ``OPTIMIZERS = {"name": factory, ...}``;
+* by name from an installed library, without a file: ``torch:NAdam``,
+  ``pytorch_optimizer:Lion`` (:mod:`l2lbench.optim.library`), made when first named.
 
 A factory is a callable taking hyperparameters as keyword arguments (with defaults) and
 returning an object with ``init``/``update`` (see :mod:`l2lbench.optim.base`).
@@ -291,10 +293,15 @@ class OptimizerRegistry:
         return list(self._entries.values())
 
     def get(self, name: str) -> OptimizerEntry:
+        from .library import is_library_name, library_entry
+
+        if name not in self._entries and is_library_name(name):  # torch:NAdam: made on first use
+            self._entries[name] = library_entry(name)
         try:
             return self._entries[name]
         except KeyError:
-            raise UsageError(f"unknown optimizer {name!r}; expected one of: {', '.join(self._entries)}") from None
+            raise UsageError(f"unknown optimizer {name!r}; expected one of: {', '.join(self._entries)} "
+                             "(or torch:<class>, e.g. torch:NAdam)") from None
 
     def resolve(self, spec: OptimizerSpec | str) -> ResolvedOptimizer:
         if isinstance(spec, str):

@@ -59,7 +59,10 @@ class OptimizerSpec:
         learned entry ``{entry = "mtl2l", meta_training = {trials = 30}}``. Reserved keys
         besides hyperparameters: ``tasks`` (patterns of the tasks it runs on) and ``name``."""
         if isinstance(config, str):
-            return cls(config)
+            from .library import parse_call
+
+            call = parse_call(config)  # "torch:Adagrad(lr=0.01)"
+            return cls(config) if call is None else cls(call[0], tuple(sorted(call[1].items())))
         if isinstance(config, Mapping) and isinstance(config.get("entry"), str):
             entry = config["entry"]
             reserved = ("entry", "meta_training", "tasks", "name")

@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
                         help="optimiser plug-ins whose stored runs are reported: their code tells which runs "
                              "are current (repeatable)")
-    parser.add_argument("--log-y", action="store_true", help="log-scale loss axes in the plots")
+    parser.add_argument("--log-y", action="store_true",
+                        help="log-scale loss axes in every plot (default: where the curves span more than a decade)")
     parser.add_argument("--no-plots", action="store_true", help="write no plots")
 
 
@@ -148,6 +149,12 @@ def _reference(groups: Mapping[str, Sequence[Any]], records: Sequence["RunRecord
     raise UsageError(f"unknown reference optimizer {name!r}; expected one of the reported optimizers: {', '.join(labels)}")
 
 
+def _data_uri(path: Path) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
 def _write(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,16 +219,15 @@ def run(args: argparse.Namespace) -> int:
         from . import plots
 
         try:
-            pngs = plots.write_plots(report.groups, report.leaderboard, out / "plots", log_y=getattr(args, "log_y", False))
-            pngs.update(report_tuning.write_plots(plans, out / "plots"))
-            from .target import write_profile_plot
-
-            pngs.update(write_profile_plot(report.time_to_target, out / "plots"))
+            pngs = plots.write_plots(report.groups, report.leaderboard, out / "plots", log_y=True if getattr(args, "log_y", False) else None)
+            pngs.update(plots.write_extra_plots(plans, report.time_to_target, out / "plots"))
         except OSError as exc:
             raise UsageError(f"cannot write plots under {str(out / 'plots')!r}: {exc.strerror or exc}") from None
         images = {key: path.relative_to(out).as_posix() for key, path in pngs.items()}
         written += [p for png in pngs.values() for p in (png, png.with_suffix(".svg"))]
 
+    if fmt == "html":  # one file to mail: the figures go inside it
+        images = {key: _data_uri(out / path) for key, path in images.items()}
     text = tables.render(report, fmt, images)
     sys.stdout.write(text)
     report_path = out / REPORT_FILES[fmt]

@@ -1,4 +1,10 @@
-"""Report figures (PNG and SVG): test-loss curves per task, a domain-shift figure, a rank heatmap.
+"""Report figures (PNG and SVG): per task test loss, train loss and test accuracy panels, a
+domain-shift figure, a rank heatmap (when there are several tasks to rank).
+
+A loss axis is logarithmic when asked (``--log-y``) or, by default, when the mean curves on
+it span more than a decade (a learned optimiser that blows up would flatten every other
+curve on a linear axis). A learned optimiser's meta-training horizon is marked on its
+curves by a dotted vertical line in its colour where the task runs longer.
 
 Figures are built on :class:`matplotlib.figure.Figure` with an explicit Agg canvas, never
 through pyplot, so making a report changes no global matplotlib state (no backend switch,
@@ -27,6 +33,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from . import stats
 from .published import published_for
+from .target import profile
 from .tables import BOOTSTRAP_SEED, Group, learned_datasets, setting_of
 
 #: The paper's colours, by optimiser name (a darker cyan than "cyan", visible on white).
@@ -107,10 +114,48 @@ class _PlainLogFormatter(LogFormatter):
         return f"{x:g}" if super().__call__(x, pos) else ""
 
 
+#: A loss axis turns logarithmic by itself when its mean curves span more than this factor.
+AUTO_LOG_SPAN = 10.0
+
+
+def train_curves(group: Group) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, train loss of shape (seeds, steps)) over the seeds that finished, each seed's
+    curve smoothed by a running mean over 1% of the steps (the loss of one minibatch is noisy)."""
+    ok = group.ok
+    if not ok:
+        return np.zeros(0, int), np.zeros((0, 0))
+    length = min(len(r.train_loss) for r in ok)
+    curves = np.asarray([r.train_loss[:length] for r in ok], dtype=float)
+    window = max(1, length // 100)
+    if window > 1:
+        kernel = np.ones(window) / window
+        curves = np.asarray([np.convolve(c, kernel, mode="valid") for c in curves])
+    return np.arange(curves.shape[1]) + window - 1, curves
+
+
+def _spans_decades(groups: Sequence[Group], what: str) -> bool:
+    means = []
+    for group in groups:
+        _, curves = train_curves(group) if what == "train_loss" else group.curves(what)
+        if curves.size:
+            mean = curves.mean(axis=0)
+            means.append(mean[np.isfinite(mean) & (mean > 0)])
+    values = np.concatenate(means) if means else np.zeros(0)
+    return bool(values.size) and float(values.max() / values.min()) > AUTO_LOG_SPAN
+
+
 def draw_curves(
-    ax: Axes, groups: Sequence[Group], palette: Mapping[str, tuple[str, Any]], *, log_y: bool, seed: int
+    ax: Axes,
+    groups: Sequence[Group],
+    palette: Mapping[str, tuple[str, Any]],
+    *,
+    log_y: bool | None,
+    seed: int,
+    what: str = "test_loss",
 ) -> list[Line2D]:
-    """Mean test loss against step with a 95% bootstrap band over seeds; one line per optimiser.
+    """Mean ``what`` (test_loss, test_accuracy or train_loss) against step with a 95%
+    bootstrap band over seeds; one line per optimiser. ``log_y`` None: logarithmic when the
+    curves span more than a decade (losses only).
 
     Returns one legend handle per optimiser (also for those whose every seed diverged,
     which have no line).
@@ -118,7 +163,7 @@ def draw_curves(
     handles = []
     for group in groups:
         colour, style = palette[group.optimizer]
-        steps, curves = group.curves()
+        steps, curves = train_curves(group) if what == "train_loss" else group.curves(what)
         label = _legend_label(group)
         if curves.size == 0:
             handles.append(Line2D([], [], color=colour, linestyle=style, label=label + " (no finished seed)"))
@@ -129,6 +174,15 @@ def draw_curves(
         if not np.isnan(low).all():
             ax.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
         handles.append(line)
+    task_steps = max((g.task_steps or 0 for g in groups), default=0)
+    for group in groups:  # where a learned optimiser's curve leaves what it was meta-trained for
+        horizon = (group.meta_training or {}).get("horizon")
+        if isinstance(horizon, int) and 0 < horizon < task_steps:
+            ax.axvline(horizon, color=palette[group.optimizer][0], linestyle=":", linewidth=1.0, alpha=0.7)
+    if what == "test_accuracy":  # a proportion: always linear
+        log_y = False
+    elif log_y is None:
+        log_y = _spans_decades(groups, what)
     if log_y:
         ax.set_yscale("log")
         # Plain numbers (0.4, 2) instead of 4x10^-1, also on the minor ticks that
@@ -168,17 +222,23 @@ def _outside_legend(figure: Figure, handles: list[Line2D]) -> None:
 
 
 def task_figure(
-    task: str, groups: Sequence[Group], *, log_y: bool = False, seed: int = BOOTSTRAP_SEED, subtitle: str = ""
+    task: str, groups: Sequence[Group], *, log_y: bool | None = None, seed: int = BOOTSTRAP_SEED, subtitle: str = ""
 ) -> Figure:
-    """Test loss against step on one task, every optimiser, mean line and shaded 95% band."""
-    figure = _new_figure(6.5, 4.2)
-    ax = figure.add_subplot()
+    """One task, every optimiser (mean line and shaded 95% band): test loss (with the
+    published curves it repeats), train loss and test accuracy, side by side."""
+    figure = _new_figure(15.0, 4.4)
+    axes = figure.subplots(1, 3, sharex=True)
     palette = colours([g.optimizer for g in groups])
-    handles = draw_curves(ax, groups, palette, log_y=log_y, seed=seed)
-    handles += draw_published(ax, groups, palette)
-    ax.set_ylabel("test loss" + (" (log scale)" if log_y else ""))
-    title = "\n".join([task, *textwrap.wrap(subtitle, 90)])
-    ax.set_title(title, fontsize="medium")
+    handles = []
+    for ax, what, name in zip(axes, ("test_loss", "train_loss", "test_accuracy"), ("test loss", "train loss", "test accuracy")):
+        drawn = draw_curves(ax, groups, palette, log_y=log_y, seed=seed, what=what)
+        if what == "test_loss":
+            handles = drawn + draw_published(ax, groups, palette)
+        label = name + (" (running mean over 1% of the steps)" if what == "train_loss" else "")
+        ax.set_ylabel(label + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    if any(line.get_linestyle() == ":" and line.get_xdata()[0] == line.get_xdata()[-1] for line in axes[0].get_lines()):
+        handles.append(Line2D([], [], color="grey", linestyle=":", label="meta-training horizon"))
+    figure.suptitle("\n".join([task, *textwrap.wrap(subtitle, 150)]), fontsize="medium")
     _outside_legend(figure, handles)
     return figure
 
@@ -220,7 +280,7 @@ def domain_shift_figure(
     split: tuple[list[str], list[str]],
     groups: Mapping[str, Sequence[Group]],
     *,
-    log_y: bool = False,
+    log_y: bool | None = None,
     seed: int = BOOTSTRAP_SEED,
 ) -> Figure:
     """Panels side by side, in-domain tasks then shifted ones, sharing both axes."""
@@ -240,7 +300,7 @@ def domain_shift_figure(
         diverged = [f"{g.optimizer} {g.n_diverged}/{len(g.records)} diverged" for g in task_groups if g.n_diverged]
         ax.set_title("\n".join([f"{where}: {task_groups[0].dataset}", *(["; ".join(diverged)] if diverged else [])]),
                      fontsize="medium")
-    axes[0].set_ylabel("test loss" + (" (log scale)" if log_y else ""))
+    axes[0].set_ylabel("test loss" + (" (log scale)" if axes[0].get_yscale() == "log" else ""))
     domains = learned_datasets(groups)
     trained = "; ".join(f"{n} meta-trained on {', '.join(d)}" for n, d in sorted(domains.items()))
     figure.suptitle(f"Domain shift, {setting} ({trained}); mean and 95% CI over seeds", fontsize="medium")
@@ -286,7 +346,7 @@ def write_plots(
     board: pd.DataFrame,
     folder: Path,
     *,
-    log_y: bool = False,
+    log_y: bool | None = None,
     seed: int = BOOTSTRAP_SEED,
 ) -> dict[str, Path]:
     """Write every figure as PNG and SVG under ``folder``.
@@ -299,9 +359,68 @@ def write_plots(
     for task, task_groups in sorted(groups.items()):
         figure = task_figure(task, task_groups, log_y=log_y, seed=seed, subtitle=_task_subtitle(task_groups, domains))
         written[f"task/{task}"] = save(figure, folder / f"loss-{file_stem(task)}")[0]
-    if not board.empty:
+    if not board.empty and board["task"].nunique() > 1:  # one task: its leaderboard says it all
         written["ranks"] = save(rank_heatmap(board), folder / "ranks")[0]
     for setting, split in domain_splits(groups).items():
         figure = domain_shift_figure(setting, split, groups, log_y=log_y, seed=seed)
         written[f"domain-shift/{setting}"] = save(figure, folder / f"domain-shift-{file_stem(setting)}")[0]
     return written
+
+
+def tuning_figure(task: str, plans: Sequence[Any]) -> Figure:
+    """A tuned suite on one task: the validation objective of every candidate against its
+    (one) tuned hyperparameter, log scale, one line per optimiser, the winner ringed, so a
+    reader sees whether the range was wide enough."""
+    figure = _new_figure(6.0, 4.0)
+    ax = figure.add_subplot()
+    palette = colours([plan.base.name for plan in plans])
+    for plan in plans:
+        (name,) = plan.space
+        xs = [values[name] for values, _ in plan.trials]
+        ys = [v if math.isfinite(v) else math.nan for v in plan.objectives]
+        colour, style = palette[plan.base.name]
+        ax.plot(xs, ys, marker="o", color=colour, linestyle=style, label=f"{plan.base.name} ({name})")
+        if plan.best is not None:
+            ax.plot([xs[plan.best]], [ys[plan.best]], marker="o", markersize=14, fillstyle="none", color=colour)
+    ax.set_xscale("log")
+    ax.set_xlabel("candidate value (log scale)")
+    ax.set_ylabel("validation objective (lower is better)")
+    ax.set_title(f"tuning on {task} (ringed: the winner)", fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return figure
+
+
+def profile_figure(table: pd.DataFrame) -> Figure:
+    """The performance profile over tasks (report.target.profile) as step lines, log tau."""
+    frame = profile(table)
+    figure = _new_figure(6.0, 4.0)
+    ax = figure.add_subplot()
+    palette = colours(sorted(frame["optimizer"].unique()))
+    for optimizer, rows in frame.groupby("optimizer", sort=True):
+        colour, style = palette[optimizer]
+        ax.step(rows["tau"], rows["fraction"], where="post", color=colour, linestyle=style, label=optimizer)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("tau: steps to target relative to the fastest optimiser on the task")
+    ax.set_ylabel("fraction of tasks")
+    ax.set_title("performance profile (time to the target validation loss)", fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    _outside_legend(figure, ax.get_legend_handles_labels()[0])
+    return figure
+
+
+def write_extra_plots(plans: Sequence[Any], time_to_target: pd.DataFrame, folder: Path) -> dict[str, Path]:
+    """A tuned suite's tuning figures ("tuning/<task>", single-hyperparameter tunings that
+    finished) and the performance profile ("profile", with two tasks or more)."""
+    written: dict[str, Path] = {}
+    by_task: dict[str, list[Any]] = {}
+    for plan in plans:
+        if len(plan.space) == 1 and plan.complete:
+            by_task.setdefault(plan.task.name, []).append(plan)
+    for task, task_plans in sorted(by_task.items()):
+        written[f"tuning/{task}"] = save(tuning_figure(task, task_plans), folder / f"tuning-{file_stem(task)}")[0]
+    if not time_to_target.empty and time_to_target["task"].nunique() > 1:
+        written["profile"] = save(profile_figure(time_to_target), folder / "performance-profile")[0]
+    return written
+

@@ -87,31 +87,3 @@ def profile(table: pd.DataFrame, taus: Sequence[float] | None = None) -> pd.Data
             rows.append({"optimizer": optimizer, "tau": float(tau),
                          "fraction": sum(r <= tau for r in ratios) / len(tasks)})
     return pd.DataFrame(rows)
-
-
-def write_profile_plot(table: pd.DataFrame, folder: Any) -> dict[str, Any]:
-    """The performance profile as a step plot (log tau); {} with fewer than two tasks."""
-    if table.empty or table["task"].nunique() < 2:
-        return {}
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    frame = profile(table)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for optimizer, rows in frame.groupby("optimizer", sort=True):
-        ax.step(rows["tau"], rows["fraction"], where="post", label=optimizer)
-    ax.set_xscale("log")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("tau: steps to target relative to the fastest optimiser on the task")
-    ax.set_ylabel("fraction of tasks")
-    ax.set_title("performance profile (time to the target validation loss)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "performance-profile.png"
-    fig.savefig(path, dpi=100)
-    fig.savefig(path.with_suffix(".svg"))
-    plt.close(fig)
-    return {"profile": path}

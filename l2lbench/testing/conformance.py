@@ -313,7 +313,7 @@ def check_state_dict_roundtrip(optimizer: Any) -> None:
         "resumed from state_dict vs uninterrupted",
         atol=0.0,
     )
-    assert flatten_named(saved["functional_state"]).keys() == flatten_named(first.state_dict()["functional_state"]).keys()
+    assert saved["functional_states"][0].keys() == first.state_dict()["functional_states"][0].keys()
 
 
 def _learned_only(optimizer: Any) -> None:
@@ -391,6 +391,28 @@ CHECKS: dict[str, Callable[[Any], None]] = {
     "meta_untouched": check_meta_untouched,
     "meta_state_dict_roundtrip": check_meta_state_dict_roundtrip,
 }
+
+
+#: The checks ``l2lbench run`` applies to every plug-in before running it (``--no-check``
+#: skips them): cheap, and each catches a plug-in that would store plausible wrong numbers.
+FAST_CHECKS = ("interface", "state_survives_update", "out_of_place")
+
+
+def fast_problems(optimizer: Any) -> list[str]:
+    """``"check: what went wrong"`` for each of :data:`FAST_CHECKS` the (built) plug-in fails.
+
+    Only failed assertions count: what would pass silently and store wrong numbers (inputs
+    changed in place, wrong shapes). A plug-in that raises fails its runs loudly anyway,
+    each with its reason, and costs only those runs; its exception is not a problem here."""
+    problems = []
+    for name in FAST_CHECKS:
+        try:
+            CHECKS[name](bind_fresh(optimizer))
+        except AssertionError as exc:
+            problems.append(f"{name}: {exc}")
+        except BaseException:  # noqa: BLE001 - Skipped, or the plug-in's own error or exit: its runs will say
+            continue
+    return problems
 
 
 def run_check(check: str, factory: Factory, **hparams: Any) -> None:
