@@ -263,17 +263,17 @@ def _train(
         groups = seed_groups(optimizer, len(seeds), layout.coordinates, device) if layout.shapes else None
         if groups is not None:
             state = [optimizer.init({FLAT_KEY: params[FLAT_KEY][g].reshape(-1)}) for g in groups]
-            step_fn = _seeds_as_coordinates_step(learner, optimizer, layout, groups)
+            step_fn = _seeds_as_coordinates_step(learner, optimizer, layout, groups, task.steps)
         elif _update_per_seed(optimizer):
             state = [optimizer.init(p, generator=g) for p, g in zip(packed, generators)]
-            step_fn = _update_per_seed_step(learner, optimizer, layout, generators)
+            step_fn = _update_per_seed_step(learner, optimizer, layout, generators, task.steps)
         else:
             state = tree_stack([optimizer.init(p, generator=g) for p, g in zip(packed, generators)])
-            step_fn = _vmapped_step(learner, optimizer, layout)
+            step_fn = _vmapped_step(learner, optimizer, layout, task.steps)
     else:
         params = packed[0]
         state = optimizer.init(params, generator=generators[0])
-        step_fn = _single_step(learner, optimizer, layout, generators[0])
+        step_fn = _single_step(learner, optimizer, layout, generators[0], task.steps)
         eval_fn = lambda p: per_seed_eval(layout.unpack(p))
         batch = lambda t: schedule[t, 0]  # (B,)
 
@@ -357,12 +357,12 @@ class Layout:
         return unflatten_coordinates(tree[FLAT_KEY], self.shapes)
 
 
-def _vmapped_step(learner: FunctionalLearner, optimizer: Any, layout: Layout) -> Callable:
+def _vmapped_step(learner: FunctionalLearner, optimizer: Any, layout: Layout, horizon: int) -> Callable:
     """The step of S stacked seeds: the learner's gradients in one batched backward pass
     (:meth:`~l2lbench.learner.FunctionalLearner.seed_gradients`), the update under ``vmap``."""
 
     def per_seed_update(grads: Params, state: Any, params: Params, inputs: Tensor, loss: Tensor, t: int):
-        return optimizer.update(grads, state, params, StepContext(step=t, inputs=inputs, loss=loss))
+        return optimizer.update(grads, state, params, StepContext(step=t, inputs=inputs, loss=loss, horizon=horizon))
 
     # randomness="error": a plug-in that draws random numbers must say batchable=False.
     update = vmap(per_seed_update, in_dims=(0, 0, 0, 0, 0, None), randomness="error")
@@ -375,7 +375,9 @@ def _vmapped_step(learner: FunctionalLearner, optimizer: Any, layout: Layout) ->
     return step
 
 
-def _seeds_as_coordinates_step(learner: FunctionalLearner, optimizer: Any, layout: Layout, groups: list[slice]) -> Callable:
+def _seeds_as_coordinates_step(
+    learner: FunctionalLearner, optimizer: Any, layout: Layout, groups: list[slice], horizon: int
+) -> Callable:
     """The step of S stacked seeds of a coordinatewise, context-free optimiser: the
     learner's gradients in one stacked pass; then each group of seeds is one vector of
     (seeds x P) coordinates, updated by one plain call (``states``: one per group)."""
@@ -383,7 +385,7 @@ def _seeds_as_coordinates_step(learner: FunctionalLearner, optimizer: Any, layou
     def step(params: Params, states: list[Any], inputs: Tensor, labels: Tensor, t: int):
         grads, loss = learner.seed_gradients(layout.unpack(params), inputs, labels)
         flat, grad = params[FLAT_KEY], layout.pack(grads, lead=1)[FLAT_KEY]  # (S, P)
-        context = StepContext(step=t)  # context-free: nothing else to see
+        context = StepContext(step=t, horizon=horizon)  # context-free: nothing else to see
         parts, new_states = [], []
         for group, state in zip(groups, states):
             new, state = optimizer.update({FLAT_KEY: grad[group].reshape(-1)}, state, {FLAT_KEY: flat[group].reshape(-1)}, context)
@@ -394,7 +396,9 @@ def _seeds_as_coordinates_step(learner: FunctionalLearner, optimizer: Any, layou
     return step
 
 
-def _single_step(learner: FunctionalLearner, optimizer: Any, layout: Layout, generator: torch.Generator) -> Callable:
+def _single_step(
+    learner: FunctionalLearner, optimizer: Any, layout: Layout, generator: torch.Generator, horizon: int
+) -> Callable:
     """The step of one seed: the learner's gradient by plain autograd (the same numbers as
     ``torch.func.grad``, without the cost of the transform, a third of a small MLP's step)."""
 
@@ -404,7 +408,7 @@ def _single_step(learner: FunctionalLearner, optimizer: Any, layout: Layout, gen
             loss = learner.loss(leaves, inputs, labels)
             grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
         loss = loss.detach()
-        context = StepContext(step=t, inputs=inputs, loss=loss, generator=generator)
+        context = StepContext(step=t, inputs=inputs, loss=loss, generator=generator, horizon=horizon)
         new_params, new_state = optimizer.update(layout.pack(grads), state, params, context)
         return new_params, new_state, loss
 
@@ -412,7 +416,7 @@ def _single_step(learner: FunctionalLearner, optimizer: Any, layout: Layout, gen
 
 
 def _update_per_seed_step(
-    learner: FunctionalLearner, optimizer: Any, layout: Layout, generators: list[torch.Generator]
+    learner: FunctionalLearner, optimizer: Any, layout: Layout, generators: list[torch.Generator], horizon: int
 ) -> Callable:
     """The step of S stacked seeds: the learner's gradients batched, ``update`` per seed
     (``states`` is the list of the seeds' own states)."""
@@ -422,7 +426,7 @@ def _update_per_seed_step(
         grads = layout.pack(grads, lead=1)
         new_params, new_states = [], []
         for s, state in enumerate(states):
-            context = StepContext(step=t, inputs=inputs[s], loss=loss[s], generator=generators[s])
+            context = StepContext(step=t, inputs=inputs[s], loss=loss[s], generator=generators[s], horizon=horizon)
             p, state = optimizer.update({k: v[s] for k, v in grads.items()}, state, {k: v[s] for k, v in params.items()}, context)
             new_params.append(p)
             new_states.append(state)

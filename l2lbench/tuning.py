@@ -162,12 +162,11 @@ def candidates(space: Mapping[str, tuple[float, float]], tuning: TuningSpec, *, 
 
 
 def with_values(optimizer: Any, values: Mapping[str, float], registry: Any, *, label: str | None = None) -> Any:
-    """The resolved optimiser with ``values`` set (keeping where its numbers are computed)."""
-    from .optim.spec import OptimizerSpec
-
+    """The resolved optimiser with ``values`` set (keeping its schedule and where its
+    numbers are computed)."""
     spec = optimizer.spec
     hparams = tuple(sorted({**dict(spec.hparams), **values}.items()))
-    resolved = registry.resolve(OptimizerSpec(spec.entry, hparams, spec.meta_training, spec.only, label))
+    resolved = registry.resolve(dataclasses.replace(spec, hparams=hparams, label=label))
     return dataclasses.replace(resolved, numerics=optimizer.numerics)
 
 

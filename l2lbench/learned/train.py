@@ -248,7 +248,7 @@ def _trial(
                 close_unroll(t)
         if t == horizon:
             break
-        context = StepContext(step=t, inputs=inputs, loss=loss.detach(), generator=generator)
+        context = StepContext(step=t, inputs=inputs, loss=loss.detach(), generator=generator, horizon=horizon)
         params, state = bound.update(grads, state, params, context)
         if spec.param_noise:
             params = layout.pack(_add_noise(layout.unpack(params), t, horizon, spec, generator))

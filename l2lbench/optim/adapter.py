@@ -37,7 +37,7 @@ _GROUP_KEYS = ("params", "param_names", "lr", "initial_lr")
 class FunctionalAdapter(torch.optim.Optimizer):
     """A stateful ``torch.optim.Optimizer`` shell over a functional ``init``/``update``."""
 
-    def __init__(self, params: Iterable[Any], optimizer: Any, *, seed: int = 0) -> None:
+    def __init__(self, params: Iterable[Any], optimizer: Any, *, seed: int = 0, horizon: int | None = None) -> None:
         own_lr = getattr(optimizer, "lr", None)
         self.reference_lr = float(own_lr) if isinstance(own_lr, (int, float)) and own_lr > 0 else 1.0
         super().__init__(params, defaults={"lr": self.reference_lr})
@@ -45,6 +45,7 @@ class FunctionalAdapter(torch.optim.Optimizer):
         self.generator = torch.Generator().manual_seed(seed)
         self.functional_states: list[Any] = [None] * len(self.param_groups)
         self.steps_taken = 0
+        self.horizon = horizon  # the steps you will take, for a scheduled optimiser (StepContext.horizon)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -79,7 +80,7 @@ class FunctionalAdapter(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        context = StepContext(step=self.steps_taken, inputs=inputs, loss=loss, generator=self.generator)
+        context = StepContext(step=self.steps_taken, inputs=inputs, loss=loss, generator=self.generator, horizon=self.horizon)
         for index, group in enumerate(self.param_groups):
             rule = self._rule(group)
             params = self._params(index)

@@ -41,12 +41,15 @@ class StepContext:
         generator: the run's own random generator for optimisers that draw noise. It is
             ``None`` when seeds are batched with ``vmap``; such optimisers declare
             ``batchable = False`` and run seed by seed.
+        horizon: the run's total learner steps (``None`` where unknown, e.g. on a user's
+            model through the torch.optim adapter); learning-rate schedules read it.
     """
 
     step: int
     inputs: Tensor | None = None
     loss: Tensor | None = None
     generator: torch.Generator | None = None
+    horizon: int | None = None
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ from ..errors import ConfigError, UsageError
 LIBRARIES = {"torch": ("torch.optim", "torch"), "pytorch_optimizer": ("pytorch_optimizer", "pytorch-optimizer")}
 # Keyword arguments that choose how torch computes, not what: not hyperparameters.
 _SWITCHES = {"foreach", "fused", "capturable", "differentiable"}
-_CALL = re.compile(r"^\s*([A-Za-z_][\w.]*:[A-Za-z_]\w*)\s*\((.*)\)\s*$", re.DOTALL)
+_CALL = re.compile(r"^\s*([A-Za-z_][\w.:-]*)\s*\((.*)\)\s*$", re.DOTALL)
 
 
 def is_library_name(name: str) -> bool:
@@ -34,8 +34,8 @@ def is_library_name(name: str) -> bool:
 
 
 def parse_call(text: str) -> tuple[str, dict[str, Any]] | None:
-    """``"torch:Adagrad(lr=0.01, eps=1e-8)"`` -> ``("torch:Adagrad", {"lr": 0.01, "eps": 1e-08})``;
-    None for a plain name."""
+    """``"torch:Adagrad(lr=0.01, eps=1e-8)"`` -> ``("torch:Adagrad", {"lr": 0.01, "eps": 1e-08})``
+    (any optimiser name: ``adam(lr=0.003, schedule="cosine")``); None for a plain name."""
     match = _CALL.match(text)
     if match is None:
         return None

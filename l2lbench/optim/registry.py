@@ -130,11 +130,22 @@ class ResolvedOptimizer:
     @property
     def hash(self) -> str:
         meta = {"numerics": self.numerics} if self.numerics is not None else {}
+        if self.schedule is not None:
+            meta["schedule"] = self.schedule.key
         if self.meta_training is not None:
             meta["meta_training"] = self.meta_training.hash
         elif self.checkpoint_digest is not None:
             meta["checkpoint"] = self.checkpoint_digest
         return config_hash(self.entry.name, self.hparams, key_part(self.entry.code), **meta)
+
+    @property
+    def schedule(self) -> Any:
+        """The spec's learning-rate schedule (:class:`~l2lbench.optim.schedule.Schedule`) or None."""
+        if self.spec.schedule is None:
+            return None
+        from .schedule import Schedule
+
+        return Schedule.from_config(self.spec.schedule)
 
     @property
     def non_default(self) -> dict[str, Any]:
@@ -143,8 +154,10 @@ class ResolvedOptimizer:
 
     @property
     def display_name(self) -> str:
-        """The name with its non-default hyperparameters, e.g. ``lion(lr=0.0001)``."""
-        return display_name(self.spec.label or self.entry.name, self.non_default)
+        """The name with its non-default hyperparameters and schedule, e.g.
+        ``lion(lr=0.0001)``, ``adam(lr=0.003)+cosine``."""
+        name = display_name(self.spec.label or self.entry.name, self.non_default)
+        return name if self.schedule is None else f"{name}+{self.schedule.label}"
 
     @property
     def learned(self) -> bool:
@@ -162,6 +175,8 @@ class ResolvedOptimizer:
             config["checkpoint"] = {"path": str(self.checkpoint), "digest": self.checkpoint_digest}
         if self.numerics is not None:
             config["numerics"] = self.numerics
+        if self.schedule is not None:
+            config["schedule"] = self.schedule.config()
         return config
 
     def build(self) -> Any:
@@ -181,6 +196,13 @@ class ResolvedOptimizer:
                 f"optimizer {self.name!r} ({self.entry.source}) does not satisfy the interface: "
                 f"{'; '.join(problems)} (expected init(params) and update(grads, state, params, context))"
             )
+        if self.schedule is not None:
+            from .schedule import Scheduled
+
+            try:
+                return Scheduled(optimizer, self.schedule)
+            except ConfigError as exc:
+                raise ConfigError(f"optimizer {self.name!r}: {exc}") from None
         return optimizer
 
 

@@ -46,12 +46,19 @@ class OptimizerSpec:
     # A name for reports instead of the derived one (e.g. two differently meta-trained
     # "lstm" entries that run on disjoint tasks).
     label: str | None = None
+    # A learning-rate schedule (l2lbench.optim.schedule): a kind or a table; part of the key.
+    schedule: Any = field(default=None, hash=False)
 
     @property
     def name(self) -> str:
         if self.label:
             return self.label
-        return "-".join([self.entry, *(f"{k}{format_value(v)}" for k, v in self.hparams)])
+        parts = [self.entry, *(f"{k}{format_value(v)}" for k, v in self.hparams)]
+        if self.schedule is not None:
+            from .schedule import Schedule
+
+            parts.append(Schedule.from_config(self.schedule).label)
+        return "-".join(parts)
 
     @classmethod
     def from_config(cls, config: Any) -> "OptimizerSpec":
@@ -61,11 +68,11 @@ class OptimizerSpec:
         if isinstance(config, str):
             from .library import parse_call
 
-            call = parse_call(config)  # "torch:Adagrad(lr=0.01)"
-            return cls(config) if call is None else cls(call[0], tuple(sorted(call[1].items())))
+            call = parse_call(config)  # "torch:Adagrad(lr=0.01)", "adam(lr=0.003, schedule=\"cosine\")"
+            return cls(config) if call is None else cls.from_config({"entry": call[0], **call[1]})
         if isinstance(config, Mapping) and isinstance(config.get("entry"), str):
             entry = config["entry"]
-            reserved = ("entry", "meta_training", "tasks", "name")
+            reserved = ("entry", "meta_training", "tasks", "name", "schedule")
             hparams = tuple(sorted((str(k), v) for k, v in config.items() if k not in reserved))
             meta_training = config.get("meta_training")
             if meta_training is not None and not isinstance(meta_training, Mapping):
@@ -78,7 +85,17 @@ class OptimizerSpec:
             label = config.get("name")
             if label is not None and bad_name(label):
                 raise ConfigError(f"invalid name {bad_name(label)} of optimizer {entry!r} ({NAME_EXPECTED})")
-            return cls(entry, hparams, dict(meta_training) if meta_training is not None else None, tuple(only), label)
+            schedule = config.get("schedule")
+            if schedule is not None:
+                from .schedule import Schedule
+
+                try:
+                    Schedule.from_config(schedule)  # checked now, not mid-run
+                except ConfigError as exc:
+                    raise ConfigError(f"optimizer {entry!r}: {exc}") from None
+                schedule = schedule if isinstance(schedule, str) else dict(schedule)
+            return cls(entry, hparams, dict(meta_training) if meta_training is not None else None, tuple(only), label,
+                       schedule)
         raise ConfigError(
             f"invalid optimizer {config!r} (expected a name like \"adam\" or a table like "
             "{entry = \"adam\", lr = 0.001})"

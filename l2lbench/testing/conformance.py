@@ -31,9 +31,13 @@ from torch.func import vmap
 from ..optim.adapter import FunctionalAdapter
 from ..optim.base import StepContext, capability, interface_problems
 from ..optim.learned import bind_fresh, flatten_coordinates, unflatten_coordinates
-from ..optim.tree import flatten_named, tensor_leaves, tree_stack
+from ..optim.tree import tensor_leaves, tree_stack
 
 Factory = Callable[..., Any]
+
+
+#: The notional run length the checks' step contexts give (a schedule reads it).
+HORIZON = 20
 
 
 class Skipped(Exception):
@@ -66,16 +70,21 @@ class Quadratic:
         return {k: self.scale[k] * (params[k] - self.centre[k]) for k in params}
 
 
-def _context(step: int, params: dict[str, torch.Tensor], loss: torch.Tensor | None = None) -> StepContext:
+def _context(
+    step: int, params: dict[str, torch.Tensor], loss: torch.Tensor | None = None, horizon: int = HORIZON
+) -> StepContext:
     # A fake input batch (8 examples of 784 features) for context-aware optimisers.
     inputs = torch.linspace(-1, 1, 8 * 784, dtype=next(iter(params.values())).dtype).view(8, 784)
-    return StepContext(step=step, inputs=inputs, loss=loss)
+    return StepContext(step=step, inputs=inputs, loss=loss, horizon=horizon)
 
 
-def _run(optimizer: Any, problem: Quadratic, params: dict, steps: int, state: Any = None, start: int = 0):
+def _run(
+    optimizer: Any, problem: Quadratic, params: dict, steps: int, state: Any = None, start: int = 0, horizon: int = HORIZON
+):
     state = optimizer.init(params, generator=torch.Generator().manual_seed(0)) if state is None else state
     for t in range(start, start + steps):
-        params, state = optimizer.update(problem.grads(params), state, params, _context(t, params, problem.loss(params)))
+        context = _context(t, params, problem.loss(params), horizon)
+        params, state = optimizer.update(problem.grads(params), state, params, context)
     return params, state
 
 
@@ -151,7 +160,7 @@ def check_converges(optimizer: Any) -> None:
     problem = Quadratic.make()
     params = problem.init()
     start = problem.loss(params).item()
-    final, _ = _run(optimizer, problem, params, 500)
+    final, _ = _run(optimizer, problem, params, 500, horizon=500)
     end = problem.loss(final).item()
     assert end < 0.5 * start, f"loss went from {start:.4g} to {end:.4g} in 500 steps (expected below half)"
 
@@ -209,7 +218,7 @@ def check_seeds_as_coordinates(optimizer: Any) -> None:
             # The quadratic's gradient broadcasts over the leading seed dimension.
             named = unflatten_coordinates(params["coordinates"].view(stacked.shape), shapes)
             grads = {"coordinates": flatten_coordinates(problem.grads(named), lead=1).reshape(-1)}
-            params, state = optimizer.update(grads, state, params, StepContext(step=t))
+            params, state = optimizer.update(grads, state, params, StepContext(step=t, horizon=HORIZON))
         return params["coordinates"].view(stacked.shape)
 
     seeds = [problem.init(1), problem.init(2)]
@@ -271,7 +280,7 @@ def check_adapter_matches_functional(optimizer_factory_result: Any) -> None:
     expected, _ = _run(optimizer, problem, problem.init(), 5)
     tensors = [torch.nn.Parameter(v.clone()) for v in problem.init().values()]
     names = list(problem.init())
-    adapter = FunctionalAdapter(tensors, optimizer)
+    adapter = FunctionalAdapter(tensors, optimizer, horizon=HORIZON)
     for t in range(5):
         params = dict(zip(names, tensors))
         adapter.zero_grad()
@@ -287,7 +296,7 @@ def check_state_dict_roundtrip(optimizer: Any) -> None:
 
     def make() -> tuple[list[torch.nn.Parameter], FunctionalAdapter]:
         tensors = [torch.nn.Parameter(v.clone()) for v in problem.init().values()]
-        return tensors, FunctionalAdapter(tensors, optimizer)
+        return tensors, FunctionalAdapter(tensors, optimizer, horizon=HORIZON)
 
     def steps(tensors: list, adapter: FunctionalAdapter, start: int, count: int) -> None:
         for t in range(start, start + count):
