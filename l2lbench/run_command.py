@@ -175,7 +175,7 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
         raise UsageError("run needs --suite NAME or --task NAME (one of them; `l2lbench list suites`, `l2lbench list tasks`)")
     base = load_suite(args.suite) if args.suite else task_suite(args.task)
     suite = base.with_overrides(steps=args.steps, meta=meta or None, meta_seeds=args.meta_seeds,
-                                                  ruleset=args.ruleset, tuning_trials=args.tuning_trials)
+                                ruleset=args.ruleset, tuning_trials=args.tuning_trials)
     workers = args.workers or _default_workers()
     Executor(workers=workers, backend=args.backend, scheduler=args.scheduler)  # bad options: exit 2 now
     names = args.optimizers

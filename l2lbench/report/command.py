@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from ..argtypes import positive_int
 from ..errors import UsageError
 
 if TYPE_CHECKING:
@@ -35,12 +36,6 @@ REPORT_FILES = {"markdown": "report.md", "github": "report.md", "latex": "report
                 "csv": "leaderboard.csv", "json": "report.json"}
 
 
-def _positive(value: str) -> int:
-    from ..argtypes import positive_int
-
-    return positive_int(value)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``report`` options to ``parser``."""
     parser.add_argument("--suite", metavar="NAME",
@@ -48,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "also lists the suite's runs that are missing")
     parser.add_argument("--ruleset", choices=("fixed", "tuned"),
                         help="with --suite: the ruleset the suite was run with, if not its own (run --ruleset)")
-    parser.add_argument("--tuning-trials", type=_positive, metavar="N",
+    parser.add_argument("--tuning-trials", type=positive_int, metavar="N",
                         help="with --suite: the tuning trials it was run with, if not its own (run --tuning-trials)")
     parser.add_argument("--format", choices=FORMATS, default=FORMATS[0],
                         help="output format (default: markdown); csv and json keep full precision")
