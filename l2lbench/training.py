@@ -177,11 +177,7 @@ def execution_mode(
     if groups is not None:
         size = groups[0].stop - groups[0].start
         return "seeds as coordinates" if len(groups) == 1 else f"seeds as coordinates in groups of {size}"
-    return "batched learner, update per seed" if _update_per_seed(optimizer) else "batched"
-
-
-def _update_per_seed(optimizer: Any) -> bool:
-    return bool(getattr(optimizer, "update_per_seed", False))
+    return "batched learner, update per seed" if capability(optimizer, "update_per_seed") else "batched"
 
 
 def evaluate(learner: FunctionalLearner, params: Params, data: PreparedData) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -264,7 +260,7 @@ def _train(
         if groups is not None:
             state = [optimizer.init({FLAT_KEY: params[FLAT_KEY][g].reshape(-1)}) for g in groups]
             step_fn = _seeds_as_coordinates_step(learner, optimizer, layout, groups, task.steps)
-        elif _update_per_seed(optimizer):
+        elif capability(optimizer, "update_per_seed"):
             state = [optimizer.init(p, generator=g) for p, g in zip(packed, generators)]
             step_fn = _update_per_seed_step(learner, optimizer, layout, generators, task.steps)
         else:

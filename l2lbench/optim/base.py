@@ -20,7 +20,7 @@ tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -52,17 +52,6 @@ class StepContext:
     horizon: int | None = None
 
 
-@runtime_checkable
-class FunctionalOptimizer(Protocol):
-    """What the harness needs of an optimiser plug-in (duck typed; subclassing optional)."""
-
-    def init(self, params: Params, *, generator: torch.Generator | None = None) -> State: ...
-
-    def update(
-        self, grads: Params, state: State, params: Params, context: StepContext
-    ) -> tuple[Params, State]: ...
-
-
 class Optimizer:
     """Convenience base class for plug-ins, holding the capability flags the runner reads.
 
@@ -86,6 +75,9 @@ class Optimizer:
             rules with a large working set per coordinate (the LSTM optimiser's 80 gate
             values): seeds run as coordinates in groups that stay under it. ``None``: no
             limit. Ignored on GPUs.
+        update_per_seed: with seeds batched, the runner still batches the learner but calls
+            ``update`` seed by seed (each seed has state too large or too different to stack,
+            e.g. MTL2L's per-seed synapses).
         search_space: what a ``tuned`` suite searches (see :mod:`l2lbench.tuning`):
             ``{hyperparameter: (low, high)}``, each searched on a log scale; ``{}``: run
             as given. Not a capability: the runner never reads it to pick a code path.
@@ -97,6 +89,7 @@ class Optimizer:
     coordinatewise: ClassVar[bool] = False
     context_free: ClassVar[bool] = False
     max_coordinates: ClassVar[int | None] = None
+    update_per_seed: ClassVar[bool] = False
     search_space: ClassVar[dict[str, tuple[float, float]]] = {}
 
     def init(self, params: Params, *, generator: torch.Generator | None = None) -> State:
@@ -106,6 +99,11 @@ class Optimizer:
         self, grads: Params, state: State, params: Params, context: StepContext
     ) -> tuple[Params, State]:
         raise NotImplementedError
+
+
+#: The flags above that say how the runner may execute a plug-in: what a wrapper (such as a
+#: schedule) must pass on.
+EXECUTION_FLAGS = ("batchable", "differentiable", "coordinatewise", "context_free", "max_coordinates", "update_per_seed")
 
 
 def capability(optimizer: Any, flag: str) -> bool:

@@ -28,10 +28,9 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 from ..hashing import content_hash
-from .base import Optimizer, Params, StepContext, capability
+from .base import EXECUTION_FLAGS, Optimizer, Params, StepContext, capability
 
 KINDS = ("constant", "cosine", "linear", "step")
-_FLAGS = ("batchable", "differentiable", "coordinatewise", "context_free", "max_coordinates", "update_per_seed")
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ class Scheduled(Optimizer):
         if capability(optimizer, "learned"):
             raise ConfigError("schedules apply to hand-designed optimisers; a learned optimiser's step is its own")
         self.optimizer, self.schedule = optimizer, schedule
-        for flag in _FLAGS:
+        for flag in EXECUTION_FLAGS:
             if hasattr(optimizer, flag):
                 setattr(self, flag, getattr(optimizer, flag))
 
