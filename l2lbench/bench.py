@@ -1,16 +1,16 @@
 """What an optimiser costs on this machine, measured next to a bare hand-written torch loop.
 
-``l2lbench bench`` (see :mod:`l2lbench.bench_command`) runs, in one process and
+``l2lbench bench`` (see :mod:`l2lbench.cli.bench`) runs, in one process and
 interleaved repeat by repeat so that a noisy machine disturbs every figure alike:
 
 * **the reference**: a bare PyTorch loop, ``torch.optim.SGD`` and ``torch.optim.Adam``
   (lr 0.01) on the task's learner, with the runner's seed-0 initialisation and batches;
-* **meta-test**: :func:`l2lbench.training.run_seeds`, the runner's own code path, for 1
+* **meta-test**: :func:`l2lbench.metatest.run_seeds`, the runner's own code path, for 1
   seed and for S seeds batched; milliseconds per learner step and per seed-step. The
   timed task evaluates only at its first and last step and on one batch of test and of
   validation examples, so the figure is the training step; one full evaluation (test and
   validation splits) is timed on its own;
-* **meta-training** (learned optimisers): :func:`l2lbench.learned.train.meta_train` with
+* **meta-training** (learned optimisers): :func:`l2lbench.learned.metatrain.meta_train` with
   one learner, timed between the first and the last meta-update of the trial (so the
   set-up before the first unroll is excluded); milliseconds per learner step;
 * **memory**: resident-set growth over a meta-test run of ``memory_steps`` steps (the
@@ -48,14 +48,14 @@ import torch.nn.functional as F
 
 from .hashing import derive_seed
 from .learned.spec import MetaTrainingSpec
-from .learned.train import meta_train
+from .learned.metatrain import meta_train
 from .learner import FunctionalLearner
 from .native.build import start_recording as start_native_recording
 from .native.build import status as native_status
 from .optim.learned import bind_fresh, is_learned
 from .provenance import provenance
 from .task import TaskSpec
-from .training import (
+from .metatest import (
     PreparedData,
     batch_schedule,
     evaluate,
@@ -228,7 +228,7 @@ def bare_loop(
 
 
 def meta_test(task: TaskSpec, optimizer: Any, learner: FunctionalLearner, data: PreparedData, seeds: int, device: torch.device) -> float:
-    """Seconds for :func:`~l2lbench.training.run_seeds` over seeds ``0..seeds-1``."""
+    """Seconds for :func:`~l2lbench.metatest.run_seeds` over seeds ``0..seeds-1``."""
     start = time.perf_counter()
     run_seeds(task, optimizer, learner, data, list(range(seeds)), device=device, vectorize=True)
     return time.perf_counter() - start
@@ -239,7 +239,7 @@ def meta_training_spec(task: TaskSpec, steps: int, unroll: int) -> MetaTrainingS
 
 
 def meta_training_step(optimizer: Any, task: TaskSpec, steps: int, unroll: int, data_dir: Path, device: torch.device) -> float:
-    """Seconds per learner step of :func:`~l2lbench.learned.train.meta_train` with one
+    """Seconds per learner step of :func:`~l2lbench.learned.metatrain.meta_train` with one
     learner, between the first and the last meta-update (set-up excluded)."""
     marks: list[tuple[int, float]] = []
     spec = meta_training_spec(task, steps, unroll)
@@ -261,9 +261,9 @@ def meta_training_memory(
     fresh_process: bool,
     keep_freed: bool = False,
 ) -> dict[str, Any]:
-    """Resident memory of :func:`~l2lbench.learned.train.meta_train` with ``spec``, in a
+    """Resident memory of :func:`~l2lbench.learned.metatrain.meta_train` with ``spec``, in a
     fresh process when asked and possible (``process`` says where it was measured; with
-    ``keep_freed`` that process first calls :func:`~l2lbench.training.keep_freed_memory`,
+    ``keep_freed`` that process first calls :func:`~l2lbench.metatest.keep_freed_memory`,
     as this one did)."""
     note = None
     if fresh_process:
@@ -339,7 +339,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Measure everything :class:`BenchSpec` names for ``optimizers`` (name -> built plug-in).
 
-    ``keep_freed`` says that this process called :func:`~l2lbench.training.keep_freed_memory`
+    ``keep_freed`` says that this process called :func:`~l2lbench.metatest.keep_freed_memory`
     (the command does, as ``l2lbench run`` should); it is recorded, and a fresh process
     measuring meta-training memory does the same.
 

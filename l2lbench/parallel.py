@@ -243,7 +243,7 @@ def _start_worker(max_memory: int | None) -> None:
 
 
 def _in_worker(fn: Callable[..., Any], index: int, item: Any, *args: Any) -> tuple[int, Any]:
-    from .training import keep_freed_memory
+    from .metatest import keep_freed_memory
 
     keep_freed_memory()  # a worker process exists to train (idempotent, a few microseconds)
     return index, fn(item, *args)

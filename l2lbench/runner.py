@@ -47,7 +47,7 @@ from .store import ResultsStore, RunRecord
 from .suite import Suite
 from .task import TaskSpec
 from .timeouts import RunTimeout, time_limit, timeout_reason
-from .training import PreparedData, SeedOutcome, execution_mode, run_seeds
+from .metatest import PreparedData, SeedOutcome, execution_mode, run_seeds
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ the coordinates, the gates never written to memory; in meta-training each layer'
 and backward fused per block of coordinates. The PyTorch forms serve CUDA, float64, and
 machines where the kernels cannot be built. With several seeds the
 runner hands ``update`` the seeds' coordinates side by side, a few seeds at a time
-(``context_free``, ``max_coordinates``; see :mod:`l2lbench.training`).
+(``context_free``, ``max_coordinates``; see :mod:`l2lbench.metatest`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from l2lbench import bench_command
+from l2lbench.cli import bench as bench_command
 from l2lbench.bench import BenchSpec, MemoryProbe, format_text, summary
 
 TINY = ["--task", "synthetic", "--steps", "3", "--seeds", "1,2", "--repeats", "2", "--meta-steps", "4",

@@ -17,7 +17,7 @@ from l2lbench.optim.learned import bind_fresh, flatten_coordinates, preprocess_g
 from l2lbench.optimizers.lstm import LSTMOptimizer, lstm, lstm_layer, lstm_layer_fused, lstm_layer_inplace
 from l2lbench.optimizers.mtl2l import FAMILIES, haar_orthogonal, mtl2l
 from l2lbench.task import TaskSpec
-from l2lbench.training import PreparedData, execution_mode, run_seeds
+from l2lbench.metatest import PreparedData, execution_mode, run_seeds
 
 
 @pytest.mark.parametrize(
@@ -163,7 +163,7 @@ def test_lstm_pytorch_initialisation_is_the_earlier_one():
 def test_separate_bias_terms_take_their_own_adam_step():
     """Adam's first step moves every element by lr (m / sqrt(v) = sign g): the input gate's
     bias, three terms in the authors' layout, moves by 3 lr; the cell gate's, two, by 2 lr."""
-    from l2lbench.learned.train import MetaAdam
+    from l2lbench.learned.metatrain import MetaAdam
 
     m = lstm().init_meta(generator=torch.Generator().manual_seed(0))
     before = m.bias(0).detach().clone()
@@ -625,15 +625,15 @@ def test_meta_gradient_matches_backpropagating_the_losses(factory, meta_loss, tm
     import l2lbench.optimizers.mtl2l as mtl2l_module
     from l2lbench.hashing import derive_seed
     from l2lbench.learned.spec import MetaTrainingSpec
-    from l2lbench.learned.train import meta_train
+    from l2lbench.learned.metatrain import meta_train
     from l2lbench.tasks.datasets import normalise
-    from l2lbench.training import batch_schedule
+    from l2lbench.metatest import batch_schedule
 
     spec = MetaTrainingSpec.from_config({
         "tasks": [{"dataset": {"kind": "synthetic", "n_train": 64, "n_test": 16}, "learner": {"kind": "mlp", "hidden": [8]}}],
         "steps": 4, "batch_size": 16, "trials": 1, "unroll": 4, "clip": 1e9, "meta_loss": meta_loss,
     })
-    from l2lbench.learned.train import MetaAdam
+    from l2lbench.learned.metatrain import MetaAdam
 
     captured = []
     real_step = MetaAdam.step

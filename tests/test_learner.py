@@ -16,7 +16,7 @@ from torch.func import grad_and_value, vmap
 
 from l2lbench.learner import FunctionalLearner, plain_sequential
 from l2lbench.optim.tree import tree_stack
-from l2lbench.training import minibatch
+from l2lbench.metatest import minibatch
 
 
 class _Residual(nn.Module):

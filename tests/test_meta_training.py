@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from l2lbench.errors import ConfigError
-from l2lbench.learned import train as train_module
+from l2lbench.learned import metatrain as train_module
 from l2lbench.learned.spec import MetaTrainingSpec
-from l2lbench.learned.train import meta_train
+from l2lbench.learned.metatrain import meta_train
 from l2lbench.optimizers.lstm import lstm
 from l2lbench.optimizers.mtl2l import mtl2l
 
@@ -109,7 +109,7 @@ def test_meta_training_imports_no_torch_optim_machinery(tmp_path):
         "import sys, torch\n"
         "from pathlib import Path\n"
         "from l2lbench.learned.spec import MetaTrainingSpec\n"
-        "from l2lbench.learned.train import meta_train\n"
+        "from l2lbench.learned.metatrain import meta_train\n"
         "from l2lbench.optimizers.mtl2l import mtl2l\n"
         "from l2lbench.task import TaskSpec\n"
         "task = TaskSpec.from_config({'dataset': {'kind': 'synthetic', 'n_train': 64, 'n_test': 16}, 'steps': 4, 'batch_size': 8})\n"

@@ -18,7 +18,8 @@ from matplotlib.image import imread
 from l2lbench.codeid import PROTOCOL_VERSION
 from l2lbench.errors import UsageError
 from l2lbench.optim.registry import OptimizerRegistry
-from l2lbench.report import command, plots, tables
+from l2lbench.cli import report as command
+from l2lbench.report import plots, tables
 from l2lbench.store import DB_FILENAME, ResultsStore, RunRecord
 from l2lbench.suite import load_suite
 from l2lbench.task import TaskSpec
@@ -395,7 +396,7 @@ def test_arguments_and_formats():
 
 def test_imports_have_no_side_effects():
     code = (
-        "import sys, l2lbench.report.command as c\n"
+        "import sys, l2lbench.cli.report as c\n"
         "assert 'pandas' not in sys.modules and 'matplotlib' not in sys.modules, 'command is heavy'\n"
         "import matplotlib; backend = matplotlib.rcParams._get_backend_or_none()\n"
         "import l2lbench.report.plots\n"

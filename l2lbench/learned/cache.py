@@ -22,7 +22,7 @@ from ..optim.registry import ResolvedOptimizer
 from ..parallel import run_threads
 from ..provenance import provenance
 from .checkpoint import Checkpoint, file_digest, load_checkpoint, save_checkpoint
-from .train import meta_train
+from .metatrain import meta_train
 
 CHECKPOINT_FOLDER = "checkpoints"
 

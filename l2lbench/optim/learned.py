@@ -10,7 +10,7 @@ A learned plug-in is an ordinary optimiser plug-in (``init``/``update``, see
 ``update`` reads the bound module's tensors and keeps every per-run quantity (LSTM hidden
 and cell states, running averages) in the run's ``state``; the module itself never
 changes during a run. That is what lets one implementation of meta-training
-(:mod:`l2lbench.learned.train`) serve every learned plug-in, lets the runner ``vmap`` a
+(:mod:`l2lbench.learned.metatrain`) serve every learned plug-in, lets the runner ``vmap`` a
 meta-trained optimiser over seeds, and lets a checkpoint be just ``module.state_dict()``.
 
 Meta-training switches the module to ``train()`` mode (MTL2L's hypernetwork dropout is

@@ -130,7 +130,7 @@ def current_runs(records: Sequence["RunRecord"], registry: Any) -> tuple[list["R
 
 def _reference(groups: Mapping[str, Sequence[Any]], records: Sequence["RunRecord"], name: str | None) -> str | None:
     """The reference optimiser's label in the report, from its label or its stored name."""
-    from .tables import optimizer_label
+    from ..report.tables import optimizer_label
 
     labels = sorted({g.optimizer for task_groups in groups.values() for g in task_groups})
     if name is None or name in labels:
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         UsageError: unknown format or suite, empty store, unknown reference, unwritable output.
     """
     from ..suite import load_suite
-    from . import tables
+    from ..report import tables
 
     fmt = getattr(args, "format", FORMATS[0])
     if fmt not in FORMATS:
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         records, notes = current_runs(records, registry)
         if not records:
             raise UsageError(f"no runs of the current code stored in {results} ({notes[-1]})")
-    from . import tuning as report_tuning
+    from ..report import tuning as report_tuning
 
     plans = report_tuning.plans_for(suite, registry, records) if suite is not None and suite.ruleset == "tuned" else []
     records, tuning_notes = report_tuning.final_records(records, plans)
@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     images: dict[str, str] = {}
     written: list[Path] = []
     if not getattr(args, "no_plots", False):
-        from . import plots
+        from ..report import plots
 
         try:
             pngs = plots.write_plots(report.groups, report.leaderboard, out / "plots", log_y=True if getattr(args, "log_y", False) else None)

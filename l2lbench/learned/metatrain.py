@@ -37,7 +37,7 @@ from ..learner import FunctionalLearner
 from ..optim.base import Params, StepContext
 from ..optim.tree import tree_map
 from ..task import TaskSpec
-from ..training import Layout, batch_schedule, minibatch
+from ..metatest import Layout, batch_schedule, minibatch
 from .spec import MetaTrainingSpec
 
 

@@ -61,9 +61,9 @@ def run(args: argparse.Namespace, *, registry: Any, data_dir: Path) -> int:
     import dataclasses
 
     from ..runner import resolve_device
-    from ..training import keep_freed_memory
-    from .cache import ensure_meta_trained
-    from .checkpoint import load_checkpoint, save_checkpoint
+    from ..metatest import keep_freed_memory
+    from ..learned.cache import ensure_meta_trained
+    from ..learned.checkpoint import load_checkpoint, save_checkpoint
 
     keep_freed_memory()  # this process trains: reuse freed memory (see keep_freed_memory)
     device = resolve_device(args.device)
@@ -104,7 +104,7 @@ def _from_flags(args: argparse.Namespace, registry: Any, settings: dict[str, Any
     import dataclasses
 
     from ..optim.spec import OptimizerSpec
-    from .spec import MetaTrainingSpec
+    from ..learned.spec import MetaTrainingSpec
 
     if not args.tasks:
         raise UsageError("meta-train needs training tasks (expected --tasks mnist[,kmnist] or --suite NAME)")

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .argtypes import csv_list, positive_int
-from .errors import DataMissingError, UsageError
+from ..argtypes import csv_list, positive_int
+from ..errors import DataMissingError, UsageError
 
 
 def _counts(value: str) -> tuple[int, ...]:
@@ -31,7 +31,7 @@ def _counts(value: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .bench import DEFAULT_OPTIMIZERS
+    from ..bench import DEFAULT_OPTIMIZERS
 
     parser.add_argument("--optimizers", type=csv_list, default=list(DEFAULT_OPTIMIZERS), metavar="A,B",
                         help=f"optimisers to time (default: {','.join(DEFAULT_OPTIMIZERS)})")
@@ -63,9 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_task(name: str | None, data_dir: Path) -> Any:
     """A dataset kind (the paper's MLP on it) or a built-in suite's task; ``None``: MNIST
     when its files are here, else synthetic data."""
-    from .suite import builtin_suites, load_suite, task_matches
-    from .task import TaskSpec
-    from .tasks.datasets import DATASETS
+    from ..suite import builtin_suites, load_suite, task_matches
+    from ..task import TaskSpec
+    from ..tasks.datasets import DATASETS
 
     if name is None:
         task = TaskSpec.from_config({"dataset": "mnist"})
@@ -88,19 +88,19 @@ def run(args: argparse.Namespace, *, registry: Any = None) -> int:
 
     import dataclasses
 
-    from .bench import BenchSpec, format_text, run_bench
-    from .parallel import default_max_memory
-    from .sizing import check_fits, job_size
-    from .runner import resolve_device
-    from .tasks.datasets import default_data_dir
-    from .training import keep_freed_memory
+    from ..bench import BenchSpec, format_text, run_bench
+    from ..parallel import default_max_memory
+    from ..sizing import check_fits, job_size
+    from ..runner import resolve_device
+    from ..tasks.datasets import default_data_dir
+    from ..metatest import keep_freed_memory
 
     device = resolve_device(args.device)
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     if args.threads:
         torch.set_num_threads(args.threads)
     if registry is None:
-        from .cli import registry_for
+        from ..cli import registry_for
 
         registry = registry_for(getattr(args, "plugin", []) or [])
     optimizers = {name: registry.resolve(name).build() for name in args.optimizers}
