@@ -225,10 +225,15 @@ class Tuned:
                 edge.append(name)
         return edge
 
+    @property
+    def tuned_name(self) -> str:
+        """``<name>-tuned``: what the winner's final runs are stored and reported as."""
+        return f"{self.base.name}-tuned"
+
     def chosen(self, registry: Any) -> Any:
-        """The winner, labelled ``<name>-tuned``, to run on the final seeds."""
+        """The winner, labelled :attr:`tuned_name`, to run on the final seeds."""
         assert self.best is not None
-        return with_values(self.base, self.trials[self.best][0], registry, label=f"{self.base.name}-tuned")
+        return with_values(self.base, self.trials[self.best][0], registry, label=self.tuned_name)
 
 
 def tuning_plan(pairs: Sequence[tuple[Any, Any]], tuning: TuningSpec, registry: Any) -> list[Tuned]:

@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         raise UsageError(f"no final runs stored in {results} (only tuning runs); run `l2lbench run` to finish them")
     reference = _reference(tables.group_runs(records), records, getattr(args, "reference", DEFAULT_REFERENCE))
-    renamed = {p.base.name: f"{p.base.name}-tuned" for p in plans}
+    renamed = {p.base.name: p.tuned_name for p in plans}
     report = tables.build_report(records, results=str(results), reference=reference, suite=suite, renamed=renamed)
     if plans:
         report.tuning = report_tuning.table(plans, suite.tuning)

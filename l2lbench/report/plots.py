@@ -144,6 +144,18 @@ def _spans_decades(groups: Sequence[Group], what: str) -> bool:
     return bool(values.size) and float(values.max() / values.min()) > AUTO_LOG_SPAN
 
 
+def horizon_marks(groups: Sequence[Group]) -> list[tuple[Group, int]]:
+    """The learned optimisers whose meta-training horizon is shorter than the task, with it:
+    where each one's curve leaves what it was meta-trained for."""
+    task_steps = max((g.task_steps or 0 for g in groups), default=0)
+    marks = []
+    for group in groups:
+        horizon = (group.meta_training or {}).get("horizon")
+        if isinstance(horizon, int) and 0 < horizon < task_steps:
+            marks.append((group, horizon))
+    return marks
+
+
 def draw_curves(
     ax: Axes,
     groups: Sequence[Group],
@@ -174,11 +186,8 @@ def draw_curves(
         if not np.isnan(low).all():
             ax.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
         handles.append(line)
-    task_steps = max((g.task_steps or 0 for g in groups), default=0)
-    for group in groups:  # where a learned optimiser's curve leaves what it was meta-trained for
-        horizon = (group.meta_training or {}).get("horizon")
-        if isinstance(horizon, int) and 0 < horizon < task_steps:
-            ax.axvline(horizon, color=palette[group.optimizer][0], linestyle=":", linewidth=1.0, alpha=0.7)
+    for group, horizon in horizon_marks(groups):
+        ax.axvline(horizon, color=palette[group.optimizer][0], linestyle=":", linewidth=1.0, alpha=0.7)
     if what == "test_accuracy":  # a proportion: always linear
         log_y = False
     elif log_y is None:
@@ -236,7 +245,7 @@ def task_figure(
             handles = drawn + draw_published(ax, groups, palette)
         label = name + (" (running mean over 1% of the steps)" if what == "train_loss" else "")
         ax.set_ylabel(label + (" (log scale)" if ax.get_yscale() == "log" else ""))
-    if any(line.get_linestyle() == ":" and line.get_xdata()[0] == line.get_xdata()[-1] for line in axes[0].get_lines()):
+    if horizon_marks(groups):
         handles.append(Line2D([], [], color="grey", linestyle=":", label="meta-training horizon"))
     figure.suptitle("\n".join([task, *textwrap.wrap(subtitle, 150)]), fontsize="medium")
     _outside_legend(figure, handles)

@@ -55,7 +55,7 @@ def final_records(records: Sequence[Any], plans: Sequence[Tuned]) -> tuple[list[
     chosen = {}
     for plan in plans:
         if plan.best is not None:
-            chosen[(plan.task.hash, f"{plan.base.name}-tuned")] = plan.trials[plan.best][1].hash
+            chosen[(plan.task.hash, plan.tuned_name)] = plan.trials[plan.best][1].hash
     kept, stale, tuning = [], 0, 0
     for record in records:
         if is_tuning_seed(record.seed):
