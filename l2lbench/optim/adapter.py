@@ -83,16 +83,14 @@ class FunctionalAdapter(torch.optim.Optimizer):
         context = StepContext(step=self.steps_taken, inputs=inputs, loss=loss, generator=self.generator, horizon=self.horizon)
         for index, group in enumerate(self.param_groups):
             rule = self._rule(group)
-            params = self._params(index)
+            named = list(zip(self._names(index), group["params"]))  # once per group and step
+            params = {name: p.detach() for name, p in named}
             if self.functional_states[index] is None:
                 self.functional_states[index] = rule.init(params, generator=self.generator)
-            grads = {
-                name: (p.grad.detach() if p.grad is not None else torch.zeros_like(p))
-                for name, p in zip(self._names(index), group["params"])
-            }
+            grads = {name: (p.grad.detach() if p.grad is not None else torch.zeros_like(p)) for name, p in named}
             new_params, self.functional_states[index] = rule.update(grads, self.functional_states[index], params, context)
             scale = group["lr"] / self.reference_lr
-            for name, p in zip(self._names(index), group["params"]):
+            for name, p in named:
                 if scale == 1.0:  # exactly the functional step, not old + (new - old)
                     p.copy_(new_params[name])
                 else:
