@@ -54,3 +54,14 @@ class Stopped(KeyboardInterrupt):
         super().__init__(signum)
         self.signum = signum
         self.stored: int | None = None
+
+
+# What a plug-in may raise without ending the benchmark: any error, and sys.exit() too.
+# KeyboardInterrupt (Ctrl-C) and RunTimeout are handled apart (see l2lbench.execute.isolation.own_interrupts).
+PLUGIN_FAULTS = (Exception, SystemExit)
+
+
+def describe_fault(exc: BaseException) -> str:
+    """A fault as one line: its type and the first line of its message."""
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0] if message else ''}".rstrip(": ")

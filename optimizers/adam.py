@@ -21,8 +21,9 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from l2lbench.optim.base import Optimizer, Params, StepContext
-from l2lbench.optim.validate import check_lr, check_range
+from l2lbench.plugin.base import Optimizer, Params, StepContext
+from l2lbench.plugin.factory import from_dataclass
+from l2lbench.plugin.validate import check_lr, check_range
 
 
 class AdamState(NamedTuple):
@@ -92,27 +93,10 @@ class Adam(Optimizer):
         return new_params, AdamState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
 
-def adam(
-    lr: float = 0.01,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    amsgrad: bool = False,
-) -> Adam:
-    """Adam; lr 0.01 is the paper's baseline (torch's own default is 0.001)."""
-    return Adam(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
 
-
-def adamw(
-    lr: float = 0.01,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.01,
-    amsgrad: bool = False,
-) -> Adam:
-    """AdamW: Adam with decoupled weight decay (torch's default decay 0.01)."""
-    return Adam(
-        lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, decoupled=True
-    )
+# The registry's factories: Adam's fields carry the defaults. ``decoupled`` tells the two
+# entries apart and is not a hyperparameter of either.
+adam = from_dataclass(Adam, "Adam; lr 0.01 is the paper's baseline (torch's own default is 0.001).",
+                      fixed={"decoupled": False})
+adamw = from_dataclass(Adam, "AdamW: Adam with decoupled weight decay (torch's default decay 0.01).",
+                       fixed={"decoupled": True}, weight_decay=0.01)

@@ -3,7 +3,7 @@ gradient descent by gradient descent" (the cyan curves of Kuo et al. 2020, Table
 
 One small LSTM is shared by every learner coordinate: the |theta| coordinates are the rows
 of one batch, each with the two preprocessed gradient features of
-:func:`~l2lbench.optim.learned.preprocess_gradients` (p = 10) as input. Per layer, with
+:func:`~l2lbench.plugin.learned.preprocess_gradients` (p = 10) as input. Per layer, with
 gates in PyTorch's order (input, forget, cell, output)::
 
     [i; f; a; o] = W [x; h_{t-1}] + b
@@ -37,46 +37,39 @@ Per-run state (hidden and cell states of each layer, one row per coordinate) liv
 :class:`LSTMState`; the meta-parameters never change during a run. Learner gradients are
 inputs, not functions of the meta-parameters: meta-training has no second-order terms.
 
-Speed: the step is dominated by the first layer's 80 x 22 gate matrix per coordinate, so
-each form of a layer writes it once and works on it in place. :func:`lstm_layer` is the
-straightforward reference; :func:`lstm_layer_inplace` serves meta-test (autograd off) and
-:func:`lstm_layer_fused` meta-training (a hand-written backward). Both equal the
-reference to float rounding (``tests/test_learned_optimizers.py``). On a CPU the C kernels
-of :mod:`l2lbench.native.lstm` come first: at meta-test the whole step in one pass over
-the coordinates, the gates never written to memory; in meta-training each layer's forward
-and backward fused per block of coordinates. The PyTorch forms serve CUDA, float64, and
-machines where the kernels cannot be built. With several seeds the
-runner hands ``update`` the seeds' coordinates side by side, a few seeds at a time
-(``context_free``, ``max_coordinates``; see :mod:`l2lbench.metatest`).
+Speed: :func:`lstm_layer` and the loop of :meth:`LSTMOptimizer.update` are the reference.
+``update`` first asks :func:`l2lbench.fastpath.lstm.lstm_update` for a faster form of the
+same step (in place at meta-test, a hand-written backward in meta-training, C kernels on a
+CPU), equal to the reference to float rounding (``tests/test_fastpath.py``); with several
+seeds the runner hands ``update`` the seeds' coordinates side by side, a few seeds at a
+time (``context_free``, ``max_coordinates``; see :mod:`l2lbench.fastpath.seeds`). What
+each form does and why: ``docs/performance.md``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
-from l2lbench.native import lstm as native
-from l2lbench.optim.base import Params, StepContext
-from l2lbench.optim.learned import (
+from l2lbench.fastpath import lstm as fast
+from l2lbench.plugin.base import Params, StepContext
+from l2lbench.plugin.factory import from_dataclass
+from l2lbench.plugin.learned import (
     LearnedOptimizer,
     flatten_coordinates,
-    functorch_active,
-    gradient_features,
-    preprocess_rows,
+    preprocess_gradients,
     uniform_,
     unflatten_coordinates,
 )
-from l2lbench.optim.validate import check_range
+from l2lbench.plugin.validate import check_range
 
 HEADS = ("authors", "linear")
 INITS = ("authors", "pytorch")
-aten = torch.ops.aten
 
 
 class LSTMState(NamedTuple):
@@ -121,8 +114,8 @@ class CoordinatewiseLSTM(nn.Module):
 def lstm_layer(x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
     """One LSTM cell step for a batch of columns (gates i, f, a, o as in ``nn.LSTMCell``).
 
-    The straightforward, differentiable form (meta-training uses it); see
-    :func:`lstm_layer_inplace` for the meta-test form.
+    The reference form, differentiable; the faster forms that equal it to float rounding
+    are in :mod:`l2lbench.fastpath.lstm`.
 
     Args:
         x: inputs, (features, coordinates).
@@ -134,152 +127,6 @@ def lstm_layer(x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Tensor) ->
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(a)
     h = torch.sigmoid(o) * torch.tanh(c)
     return h, c
-
-
-def _input_block(x: Tensor, h: Tensor) -> Tensor:
-    """``[x; h; 1]``: a layer's inputs with the row of ones that carries the bias."""
-    return torch.cat([x, h, x.new_ones(1, x.shape[1])], dim=0)
-
-
-def _gate_matrix(x: Tensor | None, h: Tensor, weight: Tensor, bias: Tensor, block: Tensor | None = None) -> Tensor:
-    """``W [x; h] + b``, (4 units, coordinates), as cheaply as the layer's shape allows.
-
-    A wide layer (4 units at least its inputs, e.g. the 80 x 22 first layer) takes the
-    bias as one more column of ``W`` against a row of ones under ``[x; h]``: one product
-    that writes the gate matrix once (``addmm`` first copies the broadcast bias into all of
-    it, then reads it back). A narrow layer (e.g. the authors' one-unit last layer: 4 x 21)
-    adds ``W_h h`` with a second product instead of copying ``[x; h]``. ``block``: a wide
-    layer's ``[x; h; 1]`` already built (:func:`first_layer_block`), used instead of ``x``.
-    """
-    if block is not None:
-        return torch.mm(torch.cat([weight, bias.unsqueeze(1)], dim=1), block)
-    n, features = h.shape[0], x.shape[0]
-    if features + n > 4 * n:
-        gates = torch.addmm(bias.unsqueeze(1), weight[:, :features], x)
-        w_h = weight[:, features:]
-        return _addcmul_(gates, w_h, h) if n == 1 else gates.addmm_(w_h, h)  # n = 1: an outer product
-    return _gate_matrix(None, h, weight, bias, block=_input_block(x, h))
-
-
-def first_layer_block(grad: Tensor, h: Tensor, p: float) -> Tensor:
-    """``[features(grad); h; 1]``, a wide first layer's whole input with the row of ones
-    that carries the bias, ``(2 + units + 1, coordinates)``, for meta-test (autograd off,
-    no ``vmap``): the preprocessed gradient is written straight into its rows
-    (:func:`~l2lbench.optim.learned.preprocess_rows` with ``out``) instead of into a
-    stacked tensor that :func:`_gate_matrix` would copy again (0.3 -> 0.2 ms here)."""
-    block = torch.empty((3 + h.shape[0], h.shape[1]), dtype=h.dtype, device=h.device)
-    preprocess_rows(grad.to(h.dtype), p, out=block[:2])
-    block[2:-1].copy_(h)
-    block[-1].fill_(1.0)
-    return block
-
-
-def _activate_(gates: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Sigmoid on the i, f, o rows and tanh on the a rows, in place; the four row blocks."""
-    i, f, a, o = gates.split(n, dim=0)
-    gates[: 2 * n].sigmoid_()
-    a.tanh_()
-    o.sigmoid_()
-    return i, f, a, o
-
-
-def lstm_layer_inplace(
-    x: Tensor | None, h: Tensor, c: Tensor, weight: Tensor, bias: Tensor, *, block: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """:func:`lstm_layer` for meta-test: the same numbers (to float rounding), fewer passes
-    over memory and fewer allocations. Not differentiable: call it with autograd off.
-
-    The gate matrix is one product (see :func:`_gate_matrix`), the activations are applied
-    to it in place, the cell update is one ``addcmul``, and the new cell and hidden states
-    go into one compact ``(2 units, coordinates)`` block, so the gate matrix is freed at
-    once and the next layer or step reuses that memory while it is still in cache (many
-    seeds' states stay half the size of their gate matrices). Under ``vmap`` the states
-    are written over the forget and output gate rows instead.
-
-    Args:
-        x: inputs, (features, coordinates); h, c: (units, coordinates).
-        weight: (4 units, features + units); bias: (4 units,).
-        block: instead of ``x``, the whole input ``[x; h; 1]`` of a wide layer, as
-            :func:`first_layer_block` builds it.
-    """
-    n = h.shape[0]
-    gates = _gate_matrix(x, h, weight, bias, block=block)
-    i, f, a, o = _activate_(gates, n)
-    if functorch_active():  # out= cannot write into a plain tensor under vmap
-        c = f.mul_(c).add_(i * a)  # addcmul_ has no vmap batching rule
-        return o.mul_(torch.tanh(c)), c
-    states = torch.empty((2 * n, gates.shape[1]), dtype=gates.dtype, device=gates.device)
-    c = torch.mul(f, c, out=states[n:]).addcmul_(i, a)
-    return torch.tanh(c, out=states[:n]).mul_(o), c
-
-
-def _addcmul_(t: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    # addcmul_ has no vmap batching rule (a slow fallback); under vmap, multiply then add.
-    return t.add_(a * b) if functorch_active() else t.addcmul_(a, b)
-
-
-class _FusedLSTMLayer(torch.autograd.Function):
-    """:func:`lstm_layer` with a hand-written backward (see :func:`lstm_layer_fused`)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-        gates = _gate_matrix(x, h, weight, bias)
-        i, f, a, o = _activate_(gates, h.shape[0])
-        c_new = torch.mul(f, c).addcmul_(i, a)
-        h_new = torch.tanh(c_new).mul_(o)
-        # x and h by reference (the previous layer or step keeps them anyway) and c_new,
-        # the next step's c: of this step's own memory only the gate matrix is kept.
-        ctx.save_for_backward(x, h, c, weight, gates, c_new)
-        return h_new, c_new
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, dh: Tensor, dc: Tensor) -> tuple[Tensor | None, ...]:
-        x, h, c, weight, gates, c_new = ctx.saved_tensors
-        n, features = h.shape[0], x.shape[0]
-        i, f, a, o = gates.split(n, dim=0)
-        tanh_c = torch.tanh(c_new)
-        # Gradients of the pre-activations, one block per gate, each computed in its block:
-        # h' = o tanh(c'), c' = f c + i a.
-        d_gates = torch.empty_like(gates)
-        d_i, d_f, d_a, d_o = d_gates.split(n, dim=0)
-        aten.sigmoid_backward.grad_input(torch.mul(dh, tanh_c, out=d_o), o, grad_input=d_o)
-        d_c = torch.mul(dh, o)
-        aten.tanh_backward.grad_input(d_c, tanh_c, grad_input=d_c).add_(dc)
-        aten.sigmoid_backward.grad_input(torch.mul(d_c, a, out=d_i), i, grad_input=d_i)
-        aten.sigmoid_backward.grad_input(torch.mul(d_c, c, out=d_f), f, grad_input=d_f)
-        aten.tanh_backward.grad_input(torch.mul(d_c, i, out=d_a), a, grad_input=d_a)
-        need_x, need_h, need_c, need_w, need_b = ctx.needs_input_grad
-        d_x = weight[:, :features].t().mm(d_gates) if need_x else None
-        d_h = weight[:, features:].t().mm(d_gates) if need_h else None
-        d_w = d_b = None
-        if need_w or need_b:
-            # One product for both: the bias gradient is the column against a row of ones.
-            # Written as ([x; h; 1] d_gates^T)^T: the same sums over the coordinates, but BLAS
-            # splits this orientation's long reduction across threads (2x faster here).
-            d_wb = _input_block(x, h).mm(d_gates.t()).t()
-            d_w, d_b = d_wb[:, :-1], d_wb[:, -1]
-        return d_x, d_h, d_c.mul_(f) if need_c else None, d_w, d_b
-
-
-def lstm_layer_fused(x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`lstm_layer` for meta-training: the same forward (one gate product, activations
-    in place) and a hand-written backward that writes the four gates' gradients into one
-    matrix with ATen's fused sigmoid/tanh derivatives, instead of autograd's graph of a
-    dozen element-wise nodes whose gate gradients are concatenated again at the end.
-    Per step it keeps only the activated gate matrix of its own (x, h, c_{t-1} and c_t
-    are kept by their neighbours anyway; ``tanh(c_t)`` and ``[x; h; 1]`` are recomputed):
-    about 40% less memory than autograd's graph of :func:`lstm_layer` (unroll 20 on the
-    paper's MLP: about 200 MB less at the peak).
-
-    First-order only (no gradient of the gradient). Under ``torch.func`` transforms
-    (``vmap``, ``grad``) it is :func:`lstm_layer` itself.
-    """
-    if functorch_active():
-        return lstm_layer(x, h, c, weight, bias)
-    if native.layer_applies(x, h, c, weight, bias):  # on a CPU: the same two passes in C
-        return native.lstm_layer(x, h, c, weight, bias)
-    return _FusedLSTMLayer.apply(x, h, c, weight, bias)
 
 
 @dataclass(frozen=True)
@@ -351,53 +198,33 @@ class LSTMOptimizer(LearnedOptimizer):
     def update(self, grads: Params, state: LSTMState, params: Params, context: StepContext) -> tuple[Params, LSTMState]:
         """``theta + output_scale * LSTM(preprocess(grad))`` on the flat coordinates.
 
-        With autograd on (meta-training, the conformance checks) this is the
-        straightforward differentiable form; with autograd off (meta-test) the in-place
-        form, equal to float rounding (``tests/test_learned_optimizers.py`` compares them).
+        The fast path (:func:`l2lbench.fastpath.lstm.lstm_update`) runs the step wherever
+        one of its forms applies; the loop below is the reference.
         """
         module = self.module
-        differentiable = torch.is_grad_enabled()
         grad = flatten_coordinates(grads).to(module.weights[0].dtype)
         flat = flatten_coordinates(params)
         biases = [module.bias(k) for k in range(len(module.weights))]
-        if native.applies(grad, flat, module.weights):  # meta-test on a CPU: one fused pass
-            new_flat, hidden, cell = native.lstm_step(
-                grad, flat, state.hidden, state.cell, module.weights, biases,
-                preprocess_p=self.preprocess_p, output_scale=self.output_scale, head=module.head,
-            )
+        done = fast.lstm_update(
+            grad, flat, state.hidden, state.cell, module.weights, biases,
+            preprocess_p=self.preprocess_p, output_scale=self.output_scale, head=module.head,
+        )
+        if done is not None:
+            new_flat, hidden, cell = done
             return unflatten_coordinates(new_flat, params), LSTMState(hidden, cell)
+        x = preprocess_gradients(grad, self.preprocess_p).movedim(-1, 0)  # (2, coordinates)
         hidden, cell = [], []
-        layers = list(zip(module.weights, biases, state.hidden, state.cell))
-        if differentiable or functorch_active():
-            x = gradient_features(grad, self.preprocess_p)
-        else:  # meta-test: the first layer reads its whole input from one block
-            weight, bias, h, c = layers.pop(0)
-            block = first_layer_block(grad, h, self.preprocess_p)
-            x, c = lstm_layer_inplace(None, h, c, weight, bias, block=block)
-            hidden.append(x)
-            cell.append(c)
-        layer = lstm_layer_fused if differentiable else lstm_layer_inplace
-        for weight, bias, h, c in layers:
-            x, c = layer(x, h, c, weight, bias)
+        for weight, bias, h, c in zip(module.weights, biases, state.hidden, state.cell):
+            x, c = lstm_layer(x, h, c, weight, bias)
             hidden.append(x)
             cell.append(c)
         out = (module.head(x.t()).t() if module.head is not None else x).squeeze(0)  # (coordinates,)
-        if differentiable:
-            new_flat = flat + (self.output_scale * out).to(flat.dtype)
-        else:
-            new_flat = torch.add(flat, out.to(flat.dtype), alpha=self.output_scale)
+        new_flat = flat + (self.output_scale * out).to(flat.dtype)
         return unflatten_coordinates(new_flat, params), LSTMState(tuple(hidden), tuple(cell))
 
 
-def lstm(
-    hidden: int = 20,
-    layers: int = 2,
-    preprocess_p: float = 10.0,
-    output_scale: float = 0.1,
-    head: str = "authors",
-    init_scheme: str = "authors",
-) -> LSTMOptimizer:
-    """Coordinatewise LSTM optimiser (Andrychowicz et al. 2016); learned, meta-train it first."""
-    return LSTMOptimizer(
-        hidden=hidden, layers=layers, preprocess_p=preprocess_p, output_scale=output_scale, head=head, init_scheme=init_scheme
-    )
+# The registry's factory: the fields carry the defaults (``meta`` is bound after
+# meta-training and is never a hyperparameter).
+lstm = from_dataclass(
+    LSTMOptimizer, "Coordinatewise LSTM optimiser (Andrychowicz et al. 2016); learned, meta-train it first."
+)

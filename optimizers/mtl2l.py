@@ -38,7 +38,7 @@ reachable as options:
   ``N_t = MLP(x_t)``. The running averages are per-run state, never module attributes;
 * dropout inside each hypernetwork during meta-training only: 0.1 on its input, 0.25 after
   the ReLU, 0.1 on its output (``dropout``, C), with masks drawn from the run's generator
-  (through a Philox stream it seeds: :mod:`l2lbench.native.dropout`; L);
+  (through a Philox stream it seeds: :mod:`l2lbench.fastpath.native.dropout`; L);
 * ``init_scheme = "authors"`` (the default, C): the embedding from U(+-1/sqrt(hidden)),
   layer 2's input vectors from U(+-1), the hypernetworks from PyTorch's ``nn.Linear``
   defaults (C's ``init_weight`` meant to scale them by 0.01 but matches no parameter, so
@@ -55,10 +55,10 @@ Because the synapses depend on the batch but not on the coordinate, each step fi
 composes the small per-gate matrices (folding the Linear(2, hidden) into W_t) and then does
 one matrix product over all |theta| coordinates, instead of multiplying every coordinate
 through Q, diag and P^T separately; the result is the same to float rounding. The LSTM
-layers are the LSTM optimiser's fast forms (:mod:`l2lbench.optimizers.lstm`; at meta-test
-on a CPU its C kernel, with the composed synapses as the layers' weights); at meta-test
-(autograd off, eval mode: no dropout) the four hypernetworks' first layers run as one
-product, and the batch mean is taken before their affine second layers.
+layers and the hypernetworks are written here in their reference form; ``update`` asks the
+fast path for faster forms of both (:mod:`l2lbench.fastpath.lstm`, with the composed
+synapses as the layers' weights, and :mod:`l2lbench.fastpath.mtl2l`), equal to the
+reference to float rounding (``tests/test_fastpath.py``; why: ``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -72,19 +72,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from l2lbench.native import lstm as native
-from l2lbench.native.dropout import dropout as philox_dropout
-from l2lbench.optim.base import Params, StepContext
-from l2lbench.optim.learned import (
+from l2lbench.fastpath import lstm as fast_lstm
+from l2lbench.fastpath import mtl2l as fast_mtl2l
+from l2lbench.fastpath.native.dropout import dropout as philox_dropout
+from l2lbench.plugin.base import Params, StepContext
+from l2lbench.plugin.factory import from_dataclass
+from l2lbench.plugin.learned import (
     LearnedOptimizer,
     flatten_coordinates,
-    functorch_active,
-    gradient_features,
+    preprocess_gradients,
     uniform_,
     unflatten_coordinates,
 )
-from l2lbench.optim.validate import check_range
-from l2lbench.optimizers.lstm import first_layer_block, lstm_layer_fused, lstm_layer_inplace
+from l2lbench.plugin.validate import check_range
+from l2lbench.optimizers.lstm import lstm_layer
 
 FAMILIES = ("input1", "recurrent1", "input2", "recurrent2")
 GATES = 4
@@ -114,7 +115,7 @@ class Hypernetwork(nn.Module):
 def _dropout(x: Tensor, rate: float, generator: torch.Generator | None) -> Tensor:
     # F.dropout cannot take a generator; randomness must come from the run's generator.
     # The mask, (u >= rate) / (1 - rate), draws u from a Philox stream keyed by one draw of
-    # that generator: the same mask on every device, 3x faster than torch.rand on a CPU.
+    # that generator: the same mask on every device and path (a C kernel on a CPU).
     if generator is None or rate == 0.0:
         return x
     return philox_dropout(x, rate, generator)
@@ -269,38 +270,24 @@ class MTL2L(LearnedOptimizer):
         if module.training and generator is None:
             raise ValueError("mtl2l in training mode draws dropout masks: the step context needs a generator")
         m = self.smoothing
-        if module.training or torch.is_grad_enabled():
-            rates = self.dropout if module.training else (0.0, 0.0, 0.0)
-            raw = [module.hyper[name](x, rates, generator) for name in FAMILIES]
-            if self.smooth_after_relu:  # layer 1's diagonals: the running average of ReLU outputs
-                raw[0], raw[1] = F.relu(raw[0]), F.relu(raw[1])
-            return tuple(torch.lerp(value, prev, m) for prev, value in zip(previous, raw))  # m prev + (1 - m) value
-        # Meta-test: the 4 outputs as one vector, smoothed in one operation.
-        raw_all = self._hypernetworks_without_dropout(x)
-        if self.smooth_after_relu:
-            raw_all[: 2 * module.hidden].relu_()
-        smoothed = raw_all if m == 0 else torch.lerp(raw_all, torch.cat(previous), m)  # m prev + (1 - m) raw
-        return smoothed.split([p.numel() for p in previous])
-
-    def _hypernetworks_without_dropout(self, x: Tensor) -> Tensor:
-        """The 4 hypernetworks at meta-test, their outputs concatenated: the first layers
-        as one product, the batch mean taken before the (affine) second layers, which
-        equals the mean of their outputs to float rounding, and the second layers as one
-        block-diagonal product (a few operations instead of a few per hypernetwork)."""
-        hypers = [self.module.hyper[name] for name in FAMILIES]
-        first_w = torch.cat([h.first.weight for h in hypers])
-        first_b = torch.cat([h.first.bias for h in hypers])
-        z = torch.addmm(first_b, x, first_w.t()).relu_().mean(dim=0)
-        second_w = torch.block_diag(*(h.second.weight for h in hypers))
-        return torch.addmv(torch.cat([h.second.bias for h in hypers]), second_w, z)
+        fast = fast_mtl2l.smoothed_context(
+            [module.hyper[name] for name in FAMILIES], x, previous, smoothing=m,
+            relu_rows=2 * module.hidden if self.smooth_after_relu else 0, training=module.training,
+        )
+        if fast is not None:
+            return fast
+        rates = self.dropout if module.training else (0.0, 0.0, 0.0)
+        raw = [module.hyper[name](x, rates, generator) for name in FAMILIES]
+        if self.smooth_after_relu:  # layer 1's diagonals: the running average of ReLU outputs
+            raw[0], raw[1] = F.relu(raw[0]), F.relu(raw[1])
+        return tuple(torch.lerp(value, prev, m) for prev, value in zip(previous, raw))  # m prev + (1 - m) value
 
     def update(self, grads: Params, state: MTL2LState, params: Params, context: StepContext) -> tuple[Params, MTL2LState]:
-        """One step: with autograd on (meta-training) the LSTM layers with their hand-written
-        backward, with autograd off (meta-test) the in-place ones; both equal the
-        straightforward implementation to float rounding (``tests/test_learned_optimizers.py``)."""
+        """One step. The two LSTM layers run by the fast path
+        (:func:`l2lbench.fastpath.lstm.lstm_update`) wherever one of its forms applies; the
+        layers at the end are the reference."""
         module = self.module
         H = module.hidden
-        differentiable = torch.is_grad_enabled()
         smoothed = self.context_values(context.inputs, state.context, context.generator)
         input1, recurrent1 = smoothed[0], smoothed[1]
         if not self.smooth_after_relu:
@@ -317,44 +304,21 @@ class MTL2L(LearnedOptimizer):
 
         grad = flatten_coordinates(grads).to(module.embed.dtype)
         flat = flatten_coordinates(params)
-        if native.applies(grad, flat, (weight1, weight2)):  # meta-test on a CPU: one fused pass
-            new_flat, hidden, cell = native.lstm_step(
-                grad, flat, state.hidden, state.cell, (weight1, weight2), (bias1, bias2),
-                preprocess_p=self.preprocess_p, output_scale=self.output_scale,
-            )
-            new_state = MTL2LState(hidden=hidden, cell=cell, context=smoothed)
-            return unflatten_coordinates(new_flat, params), new_state
-        if differentiable or functorch_active():
-            layer = lstm_layer_fused if differentiable else lstm_layer_inplace
-            h1, c1 = layer(gradient_features(grad, self.preprocess_p), state.hidden[0], state.cell[0], weight1, bias1)
-        else:  # meta-test: layer 1 reads its whole input from one block
-            layer = lstm_layer_inplace
-            block = first_layer_block(grad, state.hidden[0], self.preprocess_p)
-            h1, c1 = layer(None, state.hidden[0], state.cell[0], weight1, bias1, block=block)
-        h2, c2 = layer(h1, state.hidden[1], state.cell[1], weight2, bias2)
-        if differentiable:
-            new_flat = flat + (self.output_scale * h2.squeeze(0)).to(flat.dtype)
-        else:
-            new_flat = torch.add(flat, h2.squeeze(0).to(flat.dtype), alpha=self.output_scale)
+        done = fast_lstm.lstm_update(
+            grad, flat, state.hidden, state.cell, (weight1, weight2), (bias1, bias2),
+            preprocess_p=self.preprocess_p, output_scale=self.output_scale,
+        )
+        if done is not None:
+            new_flat, hidden, cell = done
+            return unflatten_coordinates(new_flat, params), MTL2LState(hidden=hidden, cell=cell, context=smoothed)
+        x = preprocess_gradients(grad, self.preprocess_p).movedim(-1, 0)  # (2, coordinates)
+        h1, c1 = lstm_layer(x, state.hidden[0], state.cell[0], weight1, bias1)
+        h2, c2 = lstm_layer(h1, state.hidden[1], state.cell[1], weight2, bias2)
+        new_flat = flat + (self.output_scale * h2.squeeze(0)).to(flat.dtype)
         new_state = MTL2LState(hidden=(h1, h2), cell=(c1, c2), context=smoothed)
         return unflatten_coordinates(new_flat, params), new_state
 
 
-def mtl2l(
-    hidden: int = 20,
-    context_features: int = 784,
-    hyper_width: int = 32,
-    smoothing: float = 0.9,
-    dropout: tuple[float, float, float] = (0.1, 0.25, 0.1),
-    preprocess_p: float = 10.0,
-    output_scale: float = 0.1,
-    layer2_gates: int = 4,
-    smooth_after_relu: bool = True,
-    init_scheme: str = "authors",
-) -> MTL2L:
-    """MTL2L (Kuo et al. 2020): a context-aware LSTM optimiser; learned, meta-train it first."""
-    return MTL2L(
-        hidden=hidden, context_features=context_features, hyper_width=hyper_width, smoothing=smoothing,
-        dropout=dropout, preprocess_p=preprocess_p, output_scale=output_scale, layer2_gates=layer2_gates,
-        smooth_after_relu=smooth_after_relu, init_scheme=init_scheme,
-    )
+# The registry's factory: the fields carry the defaults (``meta`` is bound after
+# meta-training and is never a hyperparameter).
+mtl2l = from_dataclass(MTL2L, "MTL2L (Kuo et al. 2020): a context-aware LSTM optimiser; learned, meta-train it first.")

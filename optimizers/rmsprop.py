@@ -17,8 +17,9 @@ from typing import ClassVar, NamedTuple
 
 import torch
 
-from l2lbench.optim.base import Optimizer, Params, StepContext
-from l2lbench.optim.validate import check_lr, check_range
+from l2lbench.plugin.base import Optimizer, Params, StepContext
+from l2lbench.plugin.factory import from_dataclass
+from l2lbench.plugin.validate import check_lr, check_range
 
 
 class RMSpropState(NamedTuple):
@@ -79,13 +80,6 @@ class RMSprop(Optimizer):
         return new_params, RMSpropState(square_avg=square_avg, grad_avg=grad_avg, momentum_buffer=buffers)
 
 
-def rmsprop(
-    lr: float = 0.01,
-    alpha: float = 0.99,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    momentum: float = 0.0,
-    centered: bool = False,
-) -> RMSprop:
-    """RMSprop with torch's defaults (lr 0.01, alpha 0.99)."""
-    return RMSprop(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered)
+
+# The registry's factory: RMSprop's fields carry the defaults.
+rmsprop = from_dataclass(RMSprop, "RMSprop with torch's defaults (lr 0.01, alpha 0.99).")

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from l2lbench.errors import ConfigError
-from l2lbench.optim.base import Optimizer, Params, StepContext
-from l2lbench.optim.validate import check_lr, check_range
+from l2lbench.plugin.base import Optimizer, Params, StepContext
+from l2lbench.plugin.factory import from_dataclass
+from l2lbench.plugin.validate import check_lr, check_range
 
 
 class SGDState(NamedTuple):
@@ -83,23 +84,7 @@ class SGD(Optimizer):
         return new_params, SGDState(count=state.count + 1, momentum_buffer=new_buffers)
 
 
-def sgd(
-    lr: float = 0.01,
-    momentum: float = 0.0,
-    dampening: float = 0.0,
-    weight_decay: float = 0.0,
-    nesterov: bool = False,
-) -> SGD:
-    """Plain SGD; lr 0.01 is the paper's baseline."""
-    return SGD(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
 
-
-def momentum(
-    lr: float = 0.01,
-    momentum: float = 0.9,
-    dampening: float = 0.0,
-    weight_decay: float = 0.0,
-    nesterov: bool = False,
-) -> SGD:
-    """SGD with momentum 0.9 and lr 0.01, the paper's second baseline."""
-    return SGD(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
+# The registry's factories: SGD's fields carry the defaults; momentum states only its own.
+sgd = from_dataclass(SGD, "Plain SGD; lr 0.01 is the paper's baseline.")
+momentum = from_dataclass(SGD, "SGD with momentum 0.9 and lr 0.01, the paper's second baseline.", momentum=0.9)

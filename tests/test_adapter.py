@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from l2lbench.optim.adapter import FunctionalAdapter
-from l2lbench.optim.learned import bind_fresh
+from l2lbench.plugin.adapter import FunctionalAdapter
+from l2lbench.plugin.learned import bind_fresh
 from l2lbench.optimizers.adam import adam, adamw
 from l2lbench.optimizers.lstm import lstm
 from l2lbench.optimizers.sgd import sgd

@@ -12,9 +12,9 @@ import torch
 
 from l2lbench.cli import main
 from l2lbench.errors import CheckpointError
-from l2lbench.learned.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from l2lbench.optim.registry import OptimizerRegistry
-from l2lbench.suite import parse_suite
+from l2lbench.store.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from l2lbench.plugin.registry import OptimizerRegistry
+from l2lbench.spec.suite import parse_suite
 
 SUITE = """
 seeds = 2
@@ -116,7 +116,7 @@ def test_long_names_are_refused_at_the_door(tmp_path):
     with pytest.raises(ConfigError, match=r"of at most 100 characters"):
         parse_suite(text, name="s", source="s.toml")
     plugin = tmp_path / "long.py"
-    plugin.write_text(f"from l2lbench.optim.torch_bridge import from_torch\nimport torch\n"
+    plugin.write_text(f"from l2lbench.plugin.torch_bridge import from_torch\nimport torch\n"
                       f"OPTIMIZERS = {{{'y' * 5000!r}: from_torch(torch.optim.SGD, lr=0.1)}}\n")
     with pytest.raises(PluginError, match=r"of at most 100 characters"):
         OptimizerRegistry.default([str(plugin)], entry_points=False)

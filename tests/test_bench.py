@@ -11,7 +11,10 @@ import json
 import pytest
 
 from l2lbench.cli import bench as bench_command
-from l2lbench.bench import BenchSpec, MemoryProbe, format_text, summary
+from l2lbench.bench.figures import summary
+from l2lbench.bench.format import format_text
+from l2lbench.bench.memory import MemoryProbe
+from l2lbench.bench.spec import BenchSpec
 
 TINY = ["--task", "synthetic", "--steps", "3", "--seeds", "1,2", "--repeats", "2", "--meta-steps", "4",
         "--meta-unroll", "2", "--memory-steps", "4", "--memory-unroll", "2", "--threads", "1"]
@@ -83,7 +86,8 @@ def test_text_report_names_every_figure(report):
 def test_meta_training_memory_in_a_fresh_process(tmp_path):
     import torch
 
-    from l2lbench.bench import meta_training_memory, meta_training_spec
+    from l2lbench.bench.memory import meta_training_memory
+    from l2lbench.bench.workloads import meta_training_spec
     from l2lbench.optimizers.lstm import lstm
 
     task = bench_command.resolve_task("synthetic", data_dir=tmp_path)

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from l2lbench.errors import CheckpointError, RunError, UsageError
-from l2lbench.learned.cache import build_for_meta_test, ensure_meta_trained, use_checkpoint_file
-from l2lbench.learned.checkpoint import SCHEMA_VERSION, Checkpoint, load_checkpoint, save_checkpoint
-from l2lbench.learned.spec import MetaTrainingSpec
-from l2lbench.optim.base import StepContext
-from l2lbench.optim.registry import OptimizerRegistry
+from l2lbench.execute.metatrained import build_for_meta_test, ensure_meta_trained, use_checkpoint_file
+from l2lbench.store.checkpoint import SCHEMA_VERSION, Checkpoint, load_checkpoint, save_checkpoint
+from l2lbench.spec.metatraining import MetaTrainingSpec
+from l2lbench.plugin.base import StepContext
+from l2lbench.plugin.registry import OptimizerRegistry
 from l2lbench.optimizers.mtl2l import mtl2l
 
 CPU = torch.device("cpu")
@@ -70,7 +70,7 @@ def test_temporary_files_left_by_a_killed_writer_are_removed_by_the_next_save(tm
     import os
     import time
 
-    from l2lbench.learned.checkpoint import STALE_TEMP_S
+    from l2lbench.store.checkpoint import STALE_TEMP_S
 
     stale, fresh, other = tmp_path / ".c.pt.abc123.tmp", tmp_path / ".c.pt.def456.tmp", tmp_path / ".d.pt.abc.tmp"
     for temp in (stale, fresh, other):
@@ -163,7 +163,7 @@ def test_results_are_keyed_by_checkpoint_digest(tmp_path):
 def test_cache_meta_trains_once_and_reuses(tmp_path, monkeypatch):
     import dataclasses
 
-    from l2lbench.learned import cache
+    from l2lbench.execute import metatrained as cache
 
     calls = []
     real = cache.meta_train
@@ -182,6 +182,7 @@ def test_cache_meta_trains_once_and_reuses(tmp_path, monkeypatch):
     optimizer, info = build_for_meta_test(first, CPU)
     assert info["horizon"] == 4 and info["trials"] == 1 and info["datasets"] == ["synthetic-n_train64-n_test32"]
     assert info["wall_time_s"] > 0
+    assert info["estimator"] == "tbptt" and info["learner_steps"] == 4  # 1 trial x 4 steps
     first.checkpoint.write_bytes(b"corrupt")  # a damaged cache entry is trained again
     ensure_meta_trained(resolved, **kwargs)
     assert calls == [1, 1]
@@ -193,3 +194,20 @@ def test_learned_optimizer_without_meta_training_or_checkpoint(tmp_path):
         ensure_meta_trained(registry.resolve("lstm"), results_dir=tmp_path, data_dir=tmp_path, device=CPU)
     with pytest.raises(UsageError, match="has no meta-parameters"):
         build_for_meta_test(registry.resolve("lstm"), CPU)
+
+
+def test_a_checkpoint_records_every_learner_step_its_meta_training_took(tmp_path):
+    """PES's cost is every particle's steps, not the trials' alone."""
+    import dataclasses
+
+    spec = MetaTrainingSpec.from_config(
+        {"tasks": [{"dataset": {"kind": "synthetic", "n_train": 64, "n_test": 32}, "learner": {"kind": "mlp", "hidden": [4]}}],
+         "steps": 4, "unroll": 2, "batch_size": 8, "trials": 2, "estimator": "pes", "particles": 3}
+    )
+    registry = OptimizerRegistry.default(entry_points=False)
+    resolved = dataclasses.replace(registry.resolve("lstm"), meta_training=spec)
+    trained = ensure_meta_trained(resolved, results_dir=tmp_path / "results", data_dir=tmp_path / "data", device=CPU,
+                                  progress=False)
+    _, info = build_for_meta_test(trained, CPU)
+    # 2 trials x 4 learner steps x 2 x 3 particles
+    assert info["estimator"] == "pes" and info["learner_steps"] == 2 * 4 * 6

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from l2lbench.cli import main
-from l2lbench.store import ResultsStore
+from l2lbench.store.runs import ResultsStore
 
 PLUGINS = str(Path(__file__).with_name("plugins.py"))
 

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from l2lbench.cli import main
-from l2lbench.learned.checkpoint import load_checkpoint
-from l2lbench.store import ResultsStore
-from l2lbench.suite import load_suite
+from l2lbench.store.checkpoint import load_checkpoint
+from l2lbench.store.runs import ResultsStore
+from l2lbench.spec.suite import load_suite
 
 
 META_ARGS = ["--tasks", "synthetic", "--steps", "6", "--trials", "2", "--batch-size", "16"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from l2lbench.optim.registry import OptimizerRegistry
-from l2lbench.optim.torch_bridge import from_torch
+from l2lbench.plugin.registry import OptimizerRegistry
+from l2lbench.plugin.torch_bridge import from_torch
 from l2lbench.testing import CHECKS, run_check, run_conformance
 
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from l2lbench.learned.checkpoint import load_checkpoint
-from l2lbench.store import DB_FILENAME, ResultsStore
+from l2lbench.store.checkpoint import load_checkpoint
+from l2lbench.store.runs import DB_FILENAME, ResultsStore
 
 pytestmark = pytest.mark.slow
 

@@ -25,11 +25,13 @@ import pytest
 import torch
 import torchvision
 
-import l2lbench.tasks.data_sources as data_sources
 import l2lbench.tasks.datasets as datasets
+import l2lbench.tasks.datasets.cifar as cifar
+import l2lbench.tasks.datasets.cifar10_grey as cifar10_grey
+import l2lbench.tasks.datasets.idx as idx
 from l2lbench.errors import ConfigError, DataCorruptError, DataMissingError, UsageError
-from l2lbench.hashing import content_hash
-from l2lbench.specs import spec_config, spec_hash
+from l2lbench.spec.hashing import content_hash
+from l2lbench.spec.base import spec_config, spec_hash
 from l2lbench.tasks.datasets import (
     CHECKSUMS,
     DATASETS,
@@ -140,13 +142,13 @@ def test_own_parsers_give_torchvisions_tensors(tmp_path, monkeypatch, folder):
     if folder == "CIFAR10":
         write_cifar(monkeypatch, tmp_path)
         CIFAR10GreySpec().load(tmp_path, download=False)
-        reference = data_sources._torchvision_cifar10(CHECKSUMS["CIFAR10"])
+        reference = cifar10_grey.SOURCE.torchvision_class(CHECKSUMS["CIFAR10"])
     else:
         write_idx(monkeypatch, tmp_path, folder)
         next(c for c, f in IDX_KINDS.items() if f == folder)().load(tmp_path, download=False)
         reference = getattr(torchvision.datasets, folder)
 
-    ours = data_sources.SOURCES[folder].read(tmp_path)
+    ours = datasets.SOURCES[folder].read(tmp_path)
 
     theirs = []
     for train in (True, False):
@@ -226,10 +228,10 @@ def test_malformed_idx_file_is_one_line_corrupt_error_naming_it(tmp_path, monkey
 def test_idx_parser_reads_labels_and_refuses_a_missing_file(tmp_path):
     path = tmp_path / "labels-idx1-ubyte"
     path.write_bytes(struct.pack(">II", 0x801, 3) + bytes([7, 0, 9]))
-    labels = data_sources.read_idx(path, ())
+    labels = idx.read_idx(path, ())
     assert labels.dtype == np.uint8 and labels.tolist() == [7, 0, 9] and labels.flags.writeable
     with pytest.raises(DataCorruptError, match="nowhere-idx1-ubyte: No such file"):
-        data_sources.read_idx(tmp_path / "nowhere-idx1-ubyte", ())
+        idx.read_idx(tmp_path / "nowhere-idx1-ubyte", ())
 
 
 def _py2_array(array: np.ndarray) -> bytes:
@@ -257,7 +259,7 @@ def test_cifar_batch_in_the_original_python2_numpy1_form_is_read(tmp_path):
     path = tmp_path / "data_batch_1"
     path.write_bytes(batch)
 
-    x, y = data_sources.read_cifar_batch(path)
+    x, y = cifar.read_cifar_batch(path)
 
     assert x.dtype == np.uint8 and np.array_equal(x, images)
     assert y.dtype == np.int64 and y.tolist() == [7, 0, 9]
@@ -429,13 +431,13 @@ def test_rotation_by_0_is_identity_and_45_keeps_dtype(tmp_path, monkeypatch):
 def test_derived_mnist_datasets_parse_the_files_once(tmp_path, monkeypatch):
     write_idx(monkeypatch, tmp_path, "MNIST")
     calls = []
-    real_read = data_sources.IDXSource.read
+    real_read = idx.IDXSource.read
 
     def counting_read(self, data_dir):
         calls.append(self.name)
         return real_read(self, data_dir)
 
-    monkeypatch.setattr(data_sources.IDXSource, "read", counting_read)
+    monkeypatch.setattr(idx.IDXSource, "read", counting_read)
     for spec in (RotatedMNISTSpec(angle=30), PermutedMNISTSpec(seed=1), MNISTSpec()):
         spec.load(tmp_path, download=False)
     assert calls == ["MNIST"]
@@ -686,9 +688,9 @@ def test_checksum_table_is_torchvisions_published_table():
     assert CHECKSUMS == published
     for source, table in published.items():
         assert datasets.checksums(source) == table
-        assert set(table) == set(data_sources.SOURCES[source].files if source != "CIFAR10"
-                                 else [data_sources.CIFAR10_ARCHIVE,
-                                       *data_sources.SOURCES[source].members])
+        assert set(table) == set(datasets.SOURCES[source].files if source != "CIFAR10"
+                                 else [cifar10_grey.SOURCE.archive,
+                                       *datasets.SOURCES[source].members])
     with pytest.raises(KeyError, match="'SVHN'"):
         datasets.checksums("SVHN")
 
@@ -735,8 +737,8 @@ def test_import_copies_verified_files_and_leaves_source_untouched(tmp_path, sour
     assert lines[0].startswith("mnist") and "md5 verified" in lines[0]
     copied = sorted(str(p.relative_to(data)) for p in data.rglob("*") if p.is_file())
     assert copied == sorted(
-        [f"MNIST/raw/{n}" for n in data_sources.IDX_FILES]
-        + [f"KMNIST/raw/{n}" for n in data_sources.IDX_FILES]
+        [f"MNIST/raw/{n}" for n in idx.IDX_FILES]
+        + [f"KMNIST/raw/{n}" for n in idx.IDX_FILES]
         + ["cifar-10-python.tar.gz"]
     )
     for rel in copied:
@@ -821,7 +823,8 @@ def test_import_has_no_side_effects():
 
 
 def test_docstring_examples_run():
-    for module in (datasets, data_sources):
+    for module in (datasets, *(importlib.import_module(f"l2lbench.tasks.datasets.{name}") for name in (
+            "base", "catalog", "cifar", "cifar10_grey", "idx", "sources", "synthetic"))):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0
 

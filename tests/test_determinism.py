@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from l2lbench.cli import main
-from l2lbench.native import build
-from l2lbench.store import ResultsStore
+from l2lbench.fastpath.native import build
+from l2lbench.store.runs import ResultsStore
 
 
 def _runs(results) -> dict[tuple, tuple]:
@@ -65,3 +65,20 @@ def test_the_kernel_switch_is_part_of_a_learned_optimizers_key(tiny_suite, tiny_
         [("sgd", "cpu"), ("lstm", "cpu+native"), ("lstm", "cpu+pytorch")]
     )
     assert on == {"sgd": "cpu", "lstm": "cpu+native"}
+
+
+def test_the_reference_switch_is_part_of_every_optimizers_key(tiny_suite, tmp_path, monkeypatch, capsys):
+    """With every fast path off the plain references run: another rounding, another key,
+    for hand-designed optimisers too (their seeds run one by one through autograd)."""
+    suite, results = tiny_suite(), tmp_path / "r"
+    assert main(["run", "--suite", suite, "--results", str(results), "--optimizers", "sgd"]) == 0
+    monkeypatch.setenv("L2LBENCH_FASTPATH", "0")
+    assert main(["run", "--suite", suite, "--results", str(results), "--optimizers", "sgd"]) == 0
+    assert "0 runs already stored" in capsys.readouterr().out.split("suite")[-1]
+    rows = ResultsStore(results).runs()
+    assert sorted({r.optimizer_config["numerics"] for r in rows}) == ["cpu", "cpu+reference"]
+    by_numerics = {}
+    for r in rows:
+        by_numerics.setdefault(r.optimizer_config["numerics"], {})[r.seed] = r.test_loss
+    for seed, curve in by_numerics["cpu"].items():  # the same numbers to float rounding
+        assert curve == pytest.approx(by_numerics["cpu+reference"][seed], rel=1e-5, abs=1e-6)

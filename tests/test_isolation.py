@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import l2lbench.runner as runner
+import l2lbench.execute.runner as runner
 from l2lbench.cli import main
-from l2lbench.store import ResultsStore
+from l2lbench.store.runs import ResultsStore
 
 PLUGINS = str(Path(__file__).with_name("plugins.py"))
 

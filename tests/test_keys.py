@@ -15,14 +15,14 @@ import textwrap
 
 import pytest
 
-from l2lbench import codeid
+from l2lbench.store import codeid
 from l2lbench.cli import main
-from l2lbench.codeid import source_fingerprint
-from l2lbench.hashing import canonical_json, content_hash
-from l2lbench.optim.registry import OptimizerRegistry
-from l2lbench.optim.spec import OptimizerSpec, config_hash
-from l2lbench.store import ResultsStore, RunRecord
-from l2lbench.task import TaskSpec
+from l2lbench.store.codeid import source_fingerprint
+from l2lbench.spec.hashing import canonical_json, content_hash
+from l2lbench.plugin.registry import OptimizerRegistry
+from l2lbench.spec.optimizer import OptimizerSpec, config_hash
+from l2lbench.store.runs import ResultsStore, RunRecord
+from l2lbench.spec.task import TaskSpec
 
 # --------------------------------------------------------------------------- pinned encodings
 

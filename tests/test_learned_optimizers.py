@@ -11,13 +11,14 @@ import torch
 from torch.func import vmap
 
 from l2lbench.errors import UsageError
-from l2lbench.learner import FunctionalLearner
-from l2lbench.optim.base import StepContext
-from l2lbench.optim.learned import bind_fresh, flatten_coordinates, preprocess_gradients, preprocess_rows
-from l2lbench.optimizers.lstm import LSTMOptimizer, lstm, lstm_layer, lstm_layer_fused, lstm_layer_inplace
+from l2lbench.execute.learner import FunctionalLearner
+from l2lbench.plugin.base import StepContext
+from l2lbench.fastpath.lstm import lstm_layer_fused, lstm_layer_inplace, preprocess_rows
+from l2lbench.plugin.learned import bind_fresh, flatten_coordinates, preprocess_gradients
+from l2lbench.optimizers.lstm import LSTMOptimizer, lstm, lstm_layer
 from l2lbench.optimizers.mtl2l import FAMILIES, haar_orthogonal, mtl2l
-from l2lbench.task import TaskSpec
-from l2lbench.metatest import PreparedData, execution_mode, run_seeds
+from l2lbench.spec.task import TaskSpec
+from l2lbench.execute.metatest import PreparedData, execution_mode, run_seeds
 
 
 @pytest.mark.parametrize(
@@ -163,7 +164,7 @@ def test_lstm_pytorch_initialisation_is_the_earlier_one():
 def test_separate_bias_terms_take_their_own_adam_step():
     """Adam's first step moves every element by lr (m / sqrt(v) = sign g): the input gate's
     bias, three terms in the authors' layout, moves by 3 lr; the cell gate's, two, by 2 lr."""
-    from l2lbench.learned.metatrain import MetaAdam
+    from l2lbench.execute.metatrain import MetaAdam
 
     m = lstm().init_meta(generator=torch.Generator().manual_seed(0))
     before = m.bias(0).detach().clone()
@@ -240,7 +241,7 @@ def test_meta_training_process_does_not_import_scipy():
 
     code = (
         "import sys, torch\n"
-        "from l2lbench.optim.learned import bind_fresh\n"
+        "from l2lbench.plugin.learned import bind_fresh\n"
         "from l2lbench.optimizers.mtl2l import mtl2l\n"
         "bind_fresh(mtl2l())\n"
         "print('scipy' in sys.modules)\n"
@@ -604,7 +605,7 @@ def test_batched_seeds_like_single_runs(factory, mode, tmp_path):
 def test_mtl2l_dropout_is_the_documented_mask():
     """Inverted dropout from the run's generator: x * (u >= rate) / (1 - rate), u from the
     Philox stream keyed by one 63-bit draw of the generator."""
-    from l2lbench.native.dropout import philox_words
+    from l2lbench.fastpath.native.dropout import philox_words
     from l2lbench.optimizers.mtl2l import _dropout
 
     x = torch.randn(64, 30, generator=torch.Generator().manual_seed(0))
@@ -621,19 +622,18 @@ def test_meta_gradient_matches_backpropagating_the_losses(factory, meta_loss, tm
     """meta_train's first meta-gradient (fused layers, <g_t, theta_t> objective) equals
     back-propagating the summed losses through the straightforward layers: the next
     batch's losses (paper) or the updated learner's on the same batch (authors)."""
-    import l2lbench.optimizers.lstm as lstm_module
-    import l2lbench.optimizers.mtl2l as mtl2l_module
-    from l2lbench.hashing import derive_seed
-    from l2lbench.learned.spec import MetaTrainingSpec
-    from l2lbench.learned.metatrain import meta_train
+    import l2lbench.fastpath.lstm as fast_lstm_module
+    from l2lbench.spec.hashing import derive_seed
+    from l2lbench.spec.metatraining import MetaTrainingSpec
+    from l2lbench.execute.metatrain import meta_train
     from l2lbench.tasks.datasets import normalise
-    from l2lbench.metatest import batch_schedule
+    from l2lbench.execute.metatest import batch_schedule
 
     spec = MetaTrainingSpec.from_config({
         "tasks": [{"dataset": {"kind": "synthetic", "n_train": 64, "n_test": 16}, "learner": {"kind": "mlp", "hidden": [8]}}],
         "steps": 4, "batch_size": 16, "trials": 1, "unroll": 4, "clip": 1e9, "meta_loss": meta_loss,
     })
-    from l2lbench.learned.metatrain import MetaAdam
+    from l2lbench.execute.metatrain import MetaAdam
 
     captured = []
     real_step = MetaAdam.step
@@ -647,7 +647,7 @@ def test_meta_gradient_matches_backpropagating_the_losses(factory, meta_loss, tm
     meta_train(factory(), spec, data_dir=tmp_path, device=torch.device("cpu"), progress=False)
 
     # The reference: the first unroll again, straightforward layers and preprocessing.
-    for module in (lstm_module, mtl2l_module):
+    for module in (fast_lstm_module,):
         monkeypatch.setattr(module, "lstm_layer_fused", lstm_layer)
         monkeypatch.setattr(module, "gradient_features", lambda g, p: preprocess_gradients(g, p).movedim(-1, 0))
     opt = factory()

@@ -14,9 +14,10 @@ from l2lbench.tasks.learners import CNN, MLP
 from torch import nn
 from torch.func import grad_and_value, vmap
 
-from l2lbench.learner import FunctionalLearner, plain_sequential
-from l2lbench.optim.tree import tree_stack
-from l2lbench.metatest import minibatch
+from l2lbench.execute.learner import FunctionalLearner
+from l2lbench.fastpath.learner import plain_sequential
+from l2lbench.plugin.tree import tree_stack
+from l2lbench.execute.metatest import minibatch
 
 
 class _Residual(nn.Module):

@@ -8,14 +8,14 @@ import importlib.util
 import pytest
 import torch
 
-from l2lbench.argtypes import csv_list
+from l2lbench.cli.argtypes import csv_list
 from l2lbench.cli import main
 from l2lbench.errors import ConfigError, UsageError
-from l2lbench.optim.base import StepContext
-from l2lbench.optim.library import parse_call
-from l2lbench.optim.registry import OptimizerRegistry
-from l2lbench.optim.spec import OptimizerSpec
-from l2lbench.store import ResultsStore
+from l2lbench.plugin.base import StepContext
+from l2lbench.plugin.library import parse_call
+from l2lbench.plugin.registry import OptimizerRegistry
+from l2lbench.spec.optimizer import OptimizerSpec
+from l2lbench.store.runs import ResultsStore
 
 
 def test_names_with_hyperparameters_parse_and_split():

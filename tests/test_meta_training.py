@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from l2lbench.errors import ConfigError
-from l2lbench.learned import metatrain as train_module
-from l2lbench.learned.spec import MetaTrainingSpec
-from l2lbench.learned.metatrain import meta_train
+from l2lbench.execute import metatrain as train_module
+from l2lbench.execute.estimators import add_noise
+from l2lbench.spec.metatraining import MetaTrainingSpec
+from l2lbench.execute.metatrain import meta_train
 from l2lbench.optimizers.lstm import lstm
 from l2lbench.optimizers.mtl2l import mtl2l
 
@@ -108,10 +109,10 @@ def test_meta_training_imports_no_torch_optim_machinery(tmp_path):
     code = (
         "import sys, torch\n"
         "from pathlib import Path\n"
-        "from l2lbench.learned.spec import MetaTrainingSpec\n"
-        "from l2lbench.learned.metatrain import meta_train\n"
+        "from l2lbench.spec.metatraining import MetaTrainingSpec\n"
+        "from l2lbench.execute.metatrain import meta_train\n"
         "from l2lbench.optimizers.mtl2l import mtl2l\n"
-        "from l2lbench.task import TaskSpec\n"
+        "from l2lbench.spec.task import TaskSpec\n"
         "task = TaskSpec.from_config({'dataset': {'kind': 'synthetic', 'n_train': 64, 'n_test': 16}, 'steps': 4, 'batch_size': 8})\n"
         f"meta_train(mtl2l(), MetaTrainingSpec(tasks=(task,), trials=1, unroll=2), data_dir=Path({str(tmp_path)!r}), device=torch.device('cpu'), progress=False)\n"
         "print(sorted(m for m in ('torch._dynamo', 'sympy', 'torchvision', 'scipy') if m in sys.modules))\n"
@@ -162,8 +163,8 @@ def test_parameter_noise_decays_and_changes_the_trajectory(tmp_path):
     assert noisy.unroll_loss != plain.unroll_loss
     params = {"w": torch.full((1000,), 2.0)}
     spec = _spec(param_noise=True, noise_scales=[0.05])
-    early = train_module._add_noise(params, 0, 100, spec, torch.Generator().manual_seed(0))["w"] - 2.0
-    late = train_module._add_noise(params, 90, 100, spec, torch.Generator().manual_seed(0))["w"] - 2.0
+    early = add_noise(params, 0, 100, spec, torch.Generator().manual_seed(0))["w"] - 2.0
+    late = add_noise(params, 90, 100, spec, torch.Generator().manual_seed(0))["w"] - 2.0
     assert early.std().item() == pytest.approx(2.0 * 0.05, rel=0.1)  # max|theta| * 1 * 0.05
     assert late.std().item() == pytest.approx(2.0 * 0.05 * 0.1, rel=0.1)
 
@@ -184,3 +185,22 @@ def test_hidden_state_carries_over_unrolls_detached(tmp_path, monkeypatch):
     assert by_step[0] == (False, False)  # a fresh learner starts from zero state
     assert by_step[5] == (False, True)  # new unroll: detached, but carried over
     assert by_step[6][0] is True  # inside an unroll the graph is kept
+
+
+@pytest.mark.parametrize("estimator,runs", [("es", 3), ("pes", 2)])
+def test_evolution_strategies_meta_train_both_reference_optimizers_without_autograd(estimator, runs, tmp_path, monkeypatch):
+    for opt in (lstm(), mtl2l(context_features=784)):
+        grad_modes = []
+        real_update = type(opt).update
+
+        def spy(self, grads, state, params, context, real_update=real_update):
+            grad_modes.append(torch.is_grad_enabled())
+            return real_update(self, grads, state, params, context)
+
+        monkeypatch.setattr(type(opt), "update", spy)
+        spec = _spec(trials=1, estimator=estimator, particles=1)
+        fresh = opt.init_meta(generator=torch.Generator().manual_seed(train_module.derive_seed(spec.seed_hash, "meta-init")))
+        result = meta_train(opt, spec, data_dir=tmp_path, device=CPU, progress=False)
+        assert grad_modes and not any(grad_modes)  # the plug-in's no-grad (meta-test) update throughout
+        assert result.learner_steps == 12 * runs and len(result.unroll_loss) == 3
+        assert any(not torch.equal(v, result.module.state_dict()[k]) for k, v in fresh.named_parameters())

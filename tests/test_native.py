@@ -1,4 +1,4 @@
-"""The C kernels (``l2lbench/native``): the same numbers as the PyTorch forms they replace,
+"""The C kernels (``l2lbench/fastpath/native``): the same numbers as the PyTorch forms they replace,
 used only where they apply, and a clean fallback where they cannot be built."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import warnings
 import pytest
 import torch
 
-from l2lbench.native import build
-from l2lbench.native import lstm as native
-from l2lbench.optim.base import StepContext
-from l2lbench.optim.learned import bind_fresh, flatten_coordinates
+from l2lbench.fastpath.native import build
+from l2lbench.fastpath.native import lstm as native
+from l2lbench.plugin.base import StepContext
+from l2lbench.plugin.learned import bind_fresh, flatten_coordinates
 from l2lbench.optimizers.lstm import lstm, lstm_layer
 from l2lbench.optimizers.mtl2l import mtl2l
 
@@ -253,7 +253,7 @@ def test_philox_kernel_known_answers(counter, key, expected):
 
 
 def test_philox_pytorch_form_known_answer():
-    from l2lbench.native.dropout import philox_words
+    from l2lbench.fastpath.native.dropout import philox_words
 
     # Counter 0, key 0: the stream's first word of each of the 4 words' runs of 16.
     assert tuple(philox_words(64, 0)[[0, 16, 32, 48]].tolist()) == PHILOX_KAT[0][2]
@@ -262,7 +262,7 @@ def test_philox_pytorch_form_known_answer():
 @needs_dropout_kernel
 @pytest.mark.parametrize("count", [1, 5, 63, 64, 65, 4097, 128 * 784])
 def test_dropout_kernel_equals_pytorch_form(count, instruction_set):
-    from l2lbench.native.dropout import dropout_mask
+    from l2lbench.fastpath.native.dropout import dropout_mask
 
     draw = lambda dtype: dropout_mask((count,), 0.25, torch.Generator().manual_seed(count), dtype=dtype,  # noqa: E731
                                       device=torch.device("cpu"))
@@ -272,7 +272,7 @@ def test_dropout_kernel_equals_pytorch_form(count, instruction_set):
 
 
 def test_dropout_masks_keep_the_right_share_and_follow_the_generator():
-    from l2lbench.native.dropout import dropout_mask
+    from l2lbench.fastpath.native.dropout import dropout_mask
 
     g = torch.Generator().manual_seed(0)
     draw = lambda rate: dropout_mask((200, 500), rate, g, dtype=torch.float32, device=torch.device("cpu"))  # noqa: E731
@@ -297,7 +297,7 @@ def test_status_names_the_kernels_asked_for_since_recording_started():
 @needs_dropout_kernel
 @pytest.mark.parametrize("count", [1, 63, 65, 128 * 784])
 def test_dropout_applied_in_the_kernel_equals_mask_times_input(count, instruction_set):
-    from l2lbench.native.dropout import dropout, dropout_mask
+    from l2lbench.fastpath.native.dropout import dropout, dropout_mask
 
     x = torch.randn(count, generator=torch.Generator().manual_seed(count))
     x[0] = float("nan")  # NaN * 0 is NaN in both

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from l2lbench.errors import ConfigError
-from l2lbench.optim.base import StepContext
-from l2lbench.optim.registry import OptimizerRegistry
-from l2lbench.optim.torch_bridge import from_torch
+from l2lbench.plugin.base import StepContext
+from l2lbench.plugin.registry import OptimizerRegistry
+from l2lbench.plugin.torch_bridge import from_torch
 
 # (entry, hyperparameters, torch class, torch kwargs): variants exercise every branch.
 EQUIVALENCE = [
@@ -124,7 +124,7 @@ def test_torch_bridge_validates_arguments_up_front():
     ],
 )
 def test_bad_hyperparameters_name_the_value(entry, hparams, message):
-    from l2lbench.optim.spec import OptimizerSpec
+    from l2lbench.spec.optimizer import OptimizerSpec
 
     registry = OptimizerRegistry.default(entry_points=False)
     with pytest.raises(ConfigError) as info:
@@ -159,7 +159,7 @@ def test_meta_gradient_wrt_learning_rate_matches_finite_difference(entry):
 
 def test_hyperparameter_defaults_enter_the_config_hash():
     registry = OptimizerRegistry.default(entry_points=False)
-    from l2lbench.optim.spec import OptimizerSpec
+    from l2lbench.spec.optimizer import OptimizerSpec
 
     default = registry.resolve("adam")
     explicit = registry.resolve(OptimizerSpec("adam", (("lr", 0.01),)))

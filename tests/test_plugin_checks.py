@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from l2lbench.cli import main
-from l2lbench.store import ResultsStore
+from l2lbench.store.runs import ResultsStore
 
 IN_PLACE = """
 class InPlace:

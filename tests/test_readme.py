@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from l2lbench.cli import main
-from l2lbench.store import ResultsStore
+from l2lbench.store.runs import ResultsStore
 from l2lbench.testing import CHECKS, run_check
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -56,7 +56,7 @@ def test_readme_checkpoint_example_trains_a_model(tmp_path, monkeypatch):
     """The five-line "use a meta-trained optimiser on your own model" example, as written."""
     import torch
 
-    from l2lbench.learned.checkpoint import Checkpoint, save_checkpoint
+    from l2lbench.store.checkpoint import Checkpoint, save_checkpoint
     from l2lbench.optimizers.lstm import lstm
 
     module = lstm().init_meta(generator=torch.Generator().manual_seed(0))
@@ -73,3 +73,27 @@ def test_readme_checkpoint_example_trains_a_model(tmp_path, monkeypatch):
     # Cosine annealing over the 3 batches: lr = initial (1 + cos(pi t / 3)) / 2, 0 after the last.
     assert [g["initial_lr"] for g in opt.param_groups] == [1.0, 0.5]
     assert schedule.get_last_lr() == pytest.approx([0.0, 0.0], abs=1e-12)
+
+
+def test_readme_dataset_plugin_runs_in_a_suite(tmp_path, monkeypatch, capsys):
+    """The README's third-party dataset, installed as its entry point says, in a suite."""
+    package = tmp_path / "acme_data"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "stripes.py").write_text(_block("# acme_data/stripes.py"))
+    info = tmp_path / "acme_data-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-data\nVersion: 1.0\n")
+    import tomllib
+
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S) if "l2lbench.datasets" in b)
+    points = tomllib.loads(block)["project"]["entry-points"]["l2lbench.datasets"]
+    (info / "entry_points.txt").write_text("[l2lbench.datasets]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    suite = tmp_path / "s.toml"
+    suite.write_text('seeds = 1\noptimizers = ["sgd"]\n[defaults]\nsteps = 3\nbatch_size = 4\neval_every = 3\n'
+                     '[[tasks]]\ndataset = { kind = "stripes", n_train = 600 }\n')
+    assert main(["run", "--suite", str(suite), "--results", str(tmp_path / "r"), "--workers", "1"]) == 0
+    assert "done: 1 ok, 0 diverged, 0 failed" in capsys.readouterr().out
+    (run,) = ResultsStore(tmp_path / "r").runs()
+    assert run.task_name == "stripes-n_train600-mlp784x32x10-relu-3steps-bs4-eval3"

@@ -18,14 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import l2lbench.store as store_module
+import l2lbench.store.runs as store_module
 from l2lbench.cli import main
 from l2lbench.errors import RunError, UsageError
-from l2lbench.optim.registry import OptimizerRegistry
-from l2lbench.optim.spec import OptimizerSpec
-from l2lbench.runner import RunJob, execute_job, time_limit
-from l2lbench.store import DB_FILENAME, SCHEMA_VERSION, ResultsStore, RunRecord
-from l2lbench.suite import load_suite
+from l2lbench.plugin.registry import OptimizerRegistry
+from l2lbench.spec.optimizer import OptimizerSpec
+from l2lbench.execute.runner import execute_job
+from l2lbench.execute.timeouts import time_limit
+from l2lbench.plan.runs import RunJob
+from l2lbench.store.runs import DB_FILENAME, SCHEMA_VERSION, ResultsStore, RunRecord
+from l2lbench.spec.suite import load_suite
 
 HERE = Path(__file__).parent
 PLUGINS = str(HERE / "plugins.py")
@@ -299,7 +301,7 @@ def test_results_folder_that_is_not_writable(tiny_suite, tmp_path, monkeypatch, 
         if os.access(folder, os.W_OK):  # root: permissions do not stop writes, simulate them
             real_access = os.access
             monkeypatch.setattr(
-                "l2lbench.store.os.access", lambda p, mode: False if Path(p) == folder else real_access(p, mode)
+                "l2lbench.store.runs.os.access", lambda p, mode: False if Path(p) == folder else real_access(p, mode)
             )
         code, _, err = _cli(capsys, "run", "--suite", tiny_suite(), "--results", str(folder))
     finally:

@@ -15,14 +15,18 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from l2lbench.codeid import PROTOCOL_VERSION
+from l2lbench.store.codeid import PROTOCOL_VERSION
 from l2lbench.errors import UsageError
-from l2lbench.optim.registry import OptimizerRegistry
+from l2lbench.plugin.registry import OptimizerRegistry
 from l2lbench.cli import report as command
-from l2lbench.report import plots, tables
-from l2lbench.store import DB_FILENAME, ResultsStore, RunRecord
-from l2lbench.suite import load_suite
-from l2lbench.task import TaskSpec
+from l2lbench.report import plots
+from l2lbench.report.grouping import group_runs
+from l2lbench.report.model import build_report
+from l2lbench.report.render import FORMATS, render
+from l2lbench.report.render.cells import leaderboard_display
+from l2lbench.store.runs import DB_FILENAME, ResultsStore, RunRecord
+from l2lbench.spec.suite import load_suite
+from l2lbench.spec.task import TaskSpec
 
 META = {"horizon": 10, "datasets": ["mnist"], "trials": 3, "wall_time_s": 12.5}
 
@@ -84,7 +88,7 @@ def report(capsys, *argv):
 
 
 def board_of(records, reference="adam"):
-    return tables.build_report(records, results="r", reference=reference).leaderboard.set_index("optimizer")
+    return build_report(records, results="r", reference=reference).leaderboard.set_index("optimizer")
 
 
 # --------------------------------------------------------------------------- leaderboard
@@ -110,7 +114,7 @@ def test_leaderboard_numbers_by_hand():
 
 def test_leaderboard_text_shows_intervals_bounds_and_reference(tmp_path):
     board = board_of(hand_records()).reset_index()
-    text = tables.leaderboard_display(board, "adam").set_index("optimizer")
+    text = leaderboard_display(board, "adam").set_index("optimizer")
     assert text.loc["fast", "speed-up vs adam"] == ">1.5"
     assert text.loc["sgd", "speed-up vs adam"] == "0.667"
     assert text.loc["adam", "speed-up vs adam"] == "-"
@@ -139,7 +143,7 @@ def test_divergence_is_counted_and_ranks_diverged_seeds_as_worst():
     assert wild["rank"] == 5
     assert shaky["final_loss"] == pytest.approx(0.3) and shaky["rank_loss"] == pytest.approx(1.4 / 3)
     assert list(board.index) == ["fast", "shaky", "adam", "sgd", "wild"]
-    text = tables.leaderboard_display(board.reset_index(), "adam").set_index("optimizer")
+    text = leaderboard_display(board.reset_index(), "adam").set_index("optimizer")
     assert text.loc["wild", "diverged"] == "2/3" and text.loc["wild", "final test loss [95% CI]"] == "0.1"
 
 
@@ -159,7 +163,7 @@ def test_paired_comparisons_find_a_real_difference_and_not_noise():
         for name, finals in (("good", base - 0.5), ("adam", base), ("twin", base + noise))
         for seed, final in enumerate(finals)
     ]
-    rows = tables.build_report(records, results="r", reference="adam").comparisons
+    rows = build_report(records, results="r", reference="adam").comparisons
     verdicts = {(r["optimizer"], r["versus"]): r for r in rows.to_dict("records")}
     # good is best-ranked; each pair appears once, the better-ranked optimiser first.
     assert verdicts[("good", "adam")]["verdict"] == "better"
@@ -195,13 +199,14 @@ def domain_shift_records():
 
 
 def test_learned_optimizers_show_meta_training_and_generalisation_gap():
-    result = tables.build_report(domain_shift_records(), results="r", reference="adam")
+    result = build_report(domain_shift_records(), results="r", reference="adam")
     lstm = result.leaderboard[result.leaderboard["optimizer"] == "lstm"].iloc[0]
     assert lstm["meta_horizon"] == 10 and lstm["meta_time_s"] == 12.5 and lstm["meta_datasets"] == "mnist"
-    text = tables.leaderboard_display(result.leaderboard[result.leaderboard["task"] == lstm["task"]], "adam")
+    text = leaderboard_display(result.leaderboard[result.leaderboard["task"] == lstm["task"]], "adam")
     row = text.set_index("optimizer").loc["lstm"]
     assert row["meta-train horizon"] == "10 (< 30 task steps)" and row["meta-train time (s)"] == "12.5"
     assert row["final test loss [95% CI]"] in ("0.2", "0.9", "1.1")  # one seed: the value, no interval
+    assert row["meta-train learner steps"] == "" and text.set_index("optimizer").loc["adam", "meta-train learner steps"] == ""
     gaps = result.generalisation.set_index("optimizer")
     assert gaps.loc["lstm", "learned"] and gaps.loc["lstm", "in_tasks"] == 1 and gaps.loc["lstm", "out_tasks"] == 2
     assert gaps.loc["lstm", "gap"] == pytest.approx((0.9 + 1.1) / 2 - 0.2)
@@ -211,9 +216,9 @@ def test_learned_optimizers_show_meta_training_and_generalisation_gap():
 
 
 def test_no_generalisation_table_without_learned_optimizers():
-    result = tables.build_report(hand_records(), results="r", reference="adam")
+    result = build_report(hand_records(), results="r", reference="adam")
     assert result.generalisation.empty
-    assert "Generalisation gap" not in tables.render(result, "markdown")
+    assert "Generalisation gap" not in render(result, "markdown")
 
 
 # --------------------------------------------------------------------------- the command
@@ -268,7 +273,7 @@ def _same(stored, value):
 def test_csv_and_json_read_back_at_full_precision(tmp_path, capsys):
     records = hand_records()
     folder = store_with(tmp_path, records)
-    expected = tables.build_report(ResultsStore(folder).runs(), results=str(folder), reference="adam").leaderboard
+    expected = build_report(ResultsStore(folder).runs(), results=str(folder), reference="adam").leaderboard
     floats = [c for c in expected.columns if expected[c].dtype == float]
     assert {"final_loss_low", "auc", "stability", "speedup"} <= set(floats)
 
@@ -307,7 +312,7 @@ def test_plots_are_written_as_png_and_svg(tmp_path, capsys):
 
 
 def test_task_figure_axes_legend_and_log_scale():
-    groups = tables.group_runs(domain_shift_records())
+    groups = group_runs(domain_shift_records())
     task = next(t for t in groups if t.startswith("mnist"))
     figure = plots.task_figure(task, groups[task], log_y=True, subtitle="dataset mnist")
     ax = figure.axes[0]
@@ -326,7 +331,7 @@ def test_task_figure_axes_legend_and_log_scale():
 
 
 def test_loss_axes_turn_logarithmic_when_curves_span_a_decade():
-    groups = tables.group_runs(domain_shift_records())
+    groups = group_runs(domain_shift_records())
     task = next(t for t in groups if t.startswith("mnist"))
     span = max(g.curves()[1].mean(axis=0).max() for g in groups[task]) / min(
         g.curves()[1].mean(axis=0).min() for g in groups[task])
@@ -391,7 +396,7 @@ def test_arguments_and_formats():
     args = parser.parse_args([])
     assert (args.suite, args.format, args.results, args.out, args.reference, args.log_y, args.no_plots) == (
         None, "markdown", "results", None, "adam", False, False)
-    assert command.FORMATS == tables.FORMATS and set(command.REPORT_FILES) == set(command.FORMATS)
+    assert command.FORMATS == FORMATS and set(command.REPORT_FILES) == set(command.FORMATS)
 
 
 def test_imports_have_no_side_effects():
@@ -434,7 +439,7 @@ def test_runs_that_repeat_the_papers_setting_are_set_beside_its_curves():
     # Not the paper's setting: another learning rate, a learned optimiser meta-trained elsewhere.
     records += [_paper_record("adam", 0, [2.3, 0.4, 0.35, 0.3], non_default={"lr": 0.001})]
     records += [_paper_record("mtl2l", 0, [2.3, 0.4, 0.35, 0.3], meta={"datasets": ["kmnist"], "horizon": 100})]
-    table = tables.build_report(records, results="r", reference="sgd").published
+    table = build_report(records, results="r", reference="sgd").published
     assert set(table["optimizer"]) == {"sgd", "lstm"}
     rows = {(r["optimizer"], r["step"]): r for r in table.to_dict("records")}
     assert rows["sgd", 100]["l2lbench"] == pytest.approx(1.1)
@@ -443,7 +448,7 @@ def test_runs_that_repeat_the_papers_setting_are_set_beside_its_curves():
     assert rows["sgd", 300]["ratio"] == pytest.approx(0.5 / 0.5109)
     assert math.isnan(rows["sgd", 1000]["l2lbench"])  # these runs stop at step 300
     assert rows["lstm", 100]["ratio"] == pytest.approx(0.5 / 0.5912) and rows["lstm", 100]["figure"] == "4a"
-    text = tables.render(tables.build_report(records, results="r", reference="sgd"), "markdown")
+    text = render(build_report(records, results="r", reference="sgd"), "markdown")
     assert "## Against the published curves" in text and "126.58" in text and "31.95" in text
 
 
@@ -464,7 +469,7 @@ def test_a_learned_optimizer_is_summarised_over_its_meta_training_seeds():
     at_horizon = {0: 1.0, 1: 1.2, 2: 1.8}  # the third is worse than SGD at its horizon (step 10)
     for meta_seed, pair in finals.items():
         records += [_copy(task, meta_seed, s, [2.0, at_horizon[meta_seed], 1.0, final]) for s, final in enumerate(pair)]
-    report = tables.build_report(records, results="r", reference="sgd")
+    report = build_report(records, results="r", reference="sgd")
     (row,) = report.meta_seeds.to_dict("records")
     assert row["optimizer"] == "lstm" and row["meta_seeds"] == 3
     assert row["median_final_loss"] == pytest.approx(0.5)
@@ -473,5 +478,14 @@ def test_a_learned_optimizer_is_summarised_over_its_meta_training_seeds():
     assert 0.3 <= row["final_loss_low"] < 1.0 < row["final_loss_high"] <= 2.2
     names = set(report.leaderboard["optimizer"])
     assert names == {"sgd", "lstm [meta-seed 0]", "lstm [meta-seed 1]", "lstm [meta-seed 2]"}
-    text = tables.render(report, "markdown")
+    text = render(report, "markdown")
     assert "## Meta-training seeds" in text and " 1/3 |" in text
+
+
+def test_a_meta_training_by_pes_names_its_estimator_and_its_learner_steps():
+    meta = {**META, "horizon": 1000, "estimator": "pes", "learner_steps": 160000}
+    task = make_task({"kind": "mnist"})
+    records = [run_record(task, "lstm", 0, [2.3, 1.0, 0.5, 0.4], meta=meta), run_record(task, "adam", 0, [2.3, 1.2, 0.8, 0.5])]
+    result = build_report(records, results="r", reference="adam")
+    row = leaderboard_display(result.leaderboard, "adam").set_index("optimizer").loc["lstm"]
+    assert row["meta-train horizon"] == "1000 by PES" and row["meta-train learner steps"] == "160000"

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2lbench.optim.registry import OptimizerRegistry
-from l2lbench.optim.spec import OptimizerSpec
-from l2lbench.runner import RunJob, execute_job, plan, resolve_device, run_jobs
-from l2lbench.store import ResultsStore
-from l2lbench.suite import load_suite
+from l2lbench.plugin.registry import OptimizerRegistry
+from l2lbench.spec.optimizer import OptimizerSpec
+from l2lbench.execute.device import resolve_device
+from l2lbench.execute.runner import execute_job, run_jobs
+from l2lbench.plan.runs import RunJob, plan
+from l2lbench.store.runs import ResultsStore
+from l2lbench.spec.suite import load_suite
 from l2lbench.errors import UsageError
 
 PLUGINS = str(Path(__file__).with_name("plugins.py"))
@@ -134,9 +136,9 @@ def test_unavailable_device_is_a_usage_error():
 
 def test_records_name_only_the_c_kernels_their_job_asked_for(setup):
     """A worker that ran the LSTM optimiser before does not credit its kernel to SGD."""
-    from l2lbench.native import build
-    from l2lbench.optim.base import StepContext
-    from l2lbench.optim.learned import bind_fresh
+    from l2lbench.fastpath.native import build
+    from l2lbench.plugin.base import StepContext
+    from l2lbench.plugin.learned import bind_fresh
     from l2lbench.optimizers.lstm import lstm
 
     opt, params = bind_fresh(lstm()), {"w": torch.zeros(8)}

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from l2lbench.errors import ConfigError
-from l2lbench.optim.base import StepContext
-from l2lbench.optim.registry import OptimizerRegistry
-from l2lbench.optim.schedule import Schedule, Scheduled
-from l2lbench.optim.spec import OptimizerSpec
+from l2lbench.plugin.base import StepContext
+from l2lbench.plugin.registry import OptimizerRegistry
+from l2lbench.plugin.schedule import Schedule, Scheduled
+from l2lbench.spec.optimizer import OptimizerSpec
 from l2lbench.optimizers.adam import adam
 from l2lbench.optimizers.lstm import lstm
 from l2lbench.optimizers.sgd import sgd
@@ -95,7 +95,7 @@ def test_learned_optimisers_take_no_schedule():
 
 def test_a_scheduled_optimizer_runs_in_a_suite_batched_as_seed_by_seed(tmp_path):
     from l2lbench.cli import main
-    from l2lbench.store import ResultsStore
+    from l2lbench.store.runs import ResultsStore
 
     suite = tmp_path / "s.toml"
     suite.write_text(

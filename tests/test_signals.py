@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from l2lbench.cli import main
-from l2lbench.store import ResultsStore
+from l2lbench.store.runs import ResultsStore
 
 PLUGINS = str(Path(__file__).with_name("plugins.py"))
 

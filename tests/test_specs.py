@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from l2lbench.errors import ConfigError
-from l2lbench.learner import FunctionalLearner
-from l2lbench.suite import builtin_suites, load_suite, parse_suite
-from l2lbench.task import TaskSpec
+from l2lbench.execute.learner import FunctionalLearner
+from l2lbench.spec.suite import builtin_suites, load_suite, parse_suite
+from l2lbench.spec.task import TaskSpec
 from l2lbench.tasks.datasets import dataset_from_config
 from l2lbench.tasks.learners import CNN, MLP
 

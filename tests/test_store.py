@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from l2lbench.errors import RunError, UsageError
-from l2lbench.store import SCHEMA_VERSION, ResultsStore, RunRecord
+from l2lbench.store.runs import SCHEMA_VERSION, ResultsStore, RunRecord
 
 
 def _record(seed=0, status="ok", loss=1.0, **extra):
@@ -74,7 +74,7 @@ def test_foreign_database_is_refused(tmp_path):
 
 def test_unwritable_results_folder_is_a_usage_error(tmp_path, monkeypatch):
     # Simulated: CI runs as root, for whom chmod 500 does not stop writes.
-    monkeypatch.setattr("l2lbench.store.os.access", lambda path, mode: False)
+    monkeypatch.setattr("l2lbench.store.runs.os.access", lambda path, mode: False)
     with pytest.raises(UsageError, match="is not writable"):
         ResultsStore(tmp_path / "ro")
 

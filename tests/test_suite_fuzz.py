@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from l2lbench.errors import UsageError
-from l2lbench.suite import SUITE_KEYS, Suite, parse_suite
+from l2lbench.spec.suite import SUITE_KEYS, Suite, parse_suite
 
 DATASET_KINDS = ["mnist", "fashion-mnist", "kmnist", "cifar10-grey", "rotated-mnist", "permuted-mnist", "synthetic"]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from l2lbench.cli import main
-from l2lbench.optim.registry import OptimizerRegistry
-from l2lbench.runner import suite_runs
-from l2lbench.store import ResultsStore
-from l2lbench.suite import builtin_suites, load_suite
+from l2lbench.plugin.registry import OptimizerRegistry
+from l2lbench.plan.runs import suite_runs
+from l2lbench.store.runs import ResultsStore
+from l2lbench.spec.suite import builtin_suites, load_suite
 from l2lbench.tasks.datasets import CHECKSUMS, clear_cache
 
 EXPECTED = {"smoke", "same-domain", "domain-shift", "paper", "rotated-mnist", "arch-shift", "mnist-tuned"}

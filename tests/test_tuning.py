@@ -14,10 +14,10 @@ import torch
 
 from l2lbench.cli import main
 from l2lbench.errors import ConfigError
-from l2lbench.store import ResultsStore
-from l2lbench.suite import parse_suite
+from l2lbench.store.runs import ResultsStore
+from l2lbench.spec.suite import parse_suite
 from l2lbench.tasks.datasets import SyntheticSpec, clear_cache
-from l2lbench.tuning import TUNING_SEED_BASE, Tuned, TuningSpec, candidates, objective
+from l2lbench.plan.tuning import TUNING_SEED_BASE, Tuned, TuningSpec, candidates, objective
 
 # ----------------------------------------------------------------------------- candidates
 
@@ -217,8 +217,9 @@ def test_a_version_1_store_gains_validation_columns(tmp_path):
 # ----------------------------------------------------------------------------- time to target, intervals
 
 from l2lbench.report import target  # noqa: E402
-from l2lbench.report.tables import Group, paired_comparisons  # noqa: E402
-from l2lbench.store import RunRecord  # noqa: E402
+from l2lbench.report.comparisons import paired_comparisons  # noqa: E402
+from l2lbench.report.grouping import Group  # noqa: E402
+from l2lbench.store.runs import RunRecord  # noqa: E402
 
 
 def _record(name, seed, validation, *, test=1.0, learned=False, wall=2.0):

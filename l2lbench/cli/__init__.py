@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import L2LBenchError, RunError, Stopped, UsageError
+from l2lbench.errors import L2LBenchError, RunError, Stopped, UsageError
 
 DEFAULT_RESULTS = "results"
 
@@ -48,14 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--data-dir", default=None, metavar="DIR",
                            help="dataset folder (default: $L2LBENCH_DATA or the user cache folder)")
 
-    from . import run as run_command
+    from l2lbench.cli import run as run_command
 
     run = commands.add_parser("run", help="run a suite: every task x optimiser x seed not yet stored")
     run_command.add_arguments(run)
     add_common(run, results=True, data=True)
 
-    from . import meta_train as meta_train_command
-    from . import report as report_command
+    from l2lbench.cli import meta_train as meta_train_command
+    from l2lbench.cli import report as report_command
 
     meta_train = commands.add_parser("meta-train", help="meta-train a learned optimiser into a checkpoint")
     meta_train_command.add_arguments(meta_train)
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="leaderboards, statistics and plots from the results store")
     report_command.add_arguments(report)
 
-    from . import bench as bench_command
+    from l2lbench.cli import bench as bench_command
 
     bench = commands.add_parser("bench", help="time optimisers per learner step against a bare torch loop")
     bench_command.add_arguments(bench)
@@ -89,13 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _data_dir(value: str | None) -> Path:
-    from ..tasks.datasets import default_data_dir
+    from l2lbench.tasks.datasets import default_data_dir
 
     return Path(value).expanduser() if value else default_data_dir()
 
 
 def _version() -> str:
-    from ..provenance import package_version
+    from l2lbench.store.provenance import package_version
 
     return package_version()
 
@@ -103,7 +103,7 @@ def _version() -> str:
 def registry_for(plugins: list[str]):
     """The optimiser registry with the ``--plugin`` modules: one that cannot be used stops
     the command (exit 2) before anything runs; unused entry points only warn."""
-    from ..optim.registry import OptimizerRegistry
+    from l2lbench.plugin.registry import OptimizerRegistry
 
     registry = OptimizerRegistry.default(plugins)
     for note in registry.notes:
@@ -114,13 +114,13 @@ def registry_for(plugins: list[str]):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import run as run_command
+    from l2lbench.cli import run as run_command
 
     return run_command.run(args, registry=registry_for(args.plugin), data_dir=_data_dir(args.data_dir))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from ..suite import builtin_suites, load_suite
+    from l2lbench.spec.suite import builtin_suites, load_suite
 
     if args.what == "optimizers":
         registry = registry_for(args.plugin)
@@ -158,7 +158,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _library_rows() -> list[dict[str, str]]:
     """Every optimiser class of the installed libraries, as `list optimizers --all` rows."""
-    from ..optim.library import LIBRARIES, classes
+    from l2lbench.plugin.library import LIBRARIES, classes
 
     rows = []
     for prefix, (module, distribution) in LIBRARIES.items():
@@ -174,7 +174,7 @@ def _library_rows() -> list[dict[str, str]]:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from ..tasks.datasets import import_archives
+    from l2lbench.tasks.datasets import import_archives
 
     source = Path(args.source).expanduser()
     if not source.is_dir():
@@ -198,19 +198,19 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_meta_train(args: argparse.Namespace) -> int:
-    from . import meta_train as meta_train_command
+    from l2lbench.cli import meta_train as meta_train_command
 
     return meta_train_command.run(args, registry=registry_for(args.plugin), data_dir=_data_dir(args.data_dir))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import report as report_command
+    from l2lbench.cli import report as report_command
 
     return report_command.run(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench as bench_command
+    from l2lbench.cli import bench as bench_command
 
     return bench_command.run(args, registry=registry_for(args.plugin))
 

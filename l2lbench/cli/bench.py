@@ -11,13 +11,12 @@ goes to stderr, the report to stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..argtypes import csv_list, positive_int
-from ..errors import DataMissingError, UsageError
+from l2lbench.cli.argtypes import csv_list, positive_int
+from l2lbench.errors import DataMissingError, UsageError
 
 
 def _counts(value: str) -> tuple[int, ...]:
@@ -31,7 +30,7 @@ def _counts(value: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..bench import DEFAULT_OPTIMIZERS
+    from l2lbench.bench.spec import DEFAULT_OPTIMIZERS
 
     parser.add_argument("--optimizers", type=csv_list, default=list(DEFAULT_OPTIMIZERS), metavar="A,B",
                         help=f"optimisers to time (default: {','.join(DEFAULT_OPTIMIZERS)})")
@@ -63,9 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_task(name: str | None, data_dir: Path) -> Any:
     """A dataset kind (the paper's MLP on it) or a built-in suite's task; ``None``: MNIST
     when its files are here, else synthetic data."""
-    from ..suite import builtin_suites, load_suite, task_matches
-    from ..task import TaskSpec
-    from ..tasks.datasets import DATASETS
+    from l2lbench.spec.suite import builtin_suites, load_suite, task_matches
+    from l2lbench.spec.task import TaskSpec
+    from l2lbench.tasks.datasets import DATASETS
 
     if name is None:
         task = TaskSpec.from_config({"dataset": "mnist"})
@@ -88,19 +87,21 @@ def run(args: argparse.Namespace, *, registry: Any = None) -> int:
 
     import dataclasses
 
-    from ..bench import BenchSpec, format_text, run_bench
-    from ..parallel import default_max_memory
-    from ..sizing import check_fits, job_size
-    from ..runner import resolve_device
-    from ..tasks.datasets import default_data_dir
-    from ..metatest import keep_freed_memory
+    from l2lbench.bench.format import format_json, format_text
+    from l2lbench.bench.run import run_bench
+    from l2lbench.bench.spec import BenchSpec
+    from l2lbench.execute.parallel import default_max_memory
+    from l2lbench.plan.sizing import check_fits, job_size
+    from l2lbench.execute.device import resolve_device
+    from l2lbench.tasks.datasets import default_data_dir
+    from l2lbench.fastpath.memory import keep_freed_memory
 
     device = resolve_device(args.device)
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     if args.threads:
         torch.set_num_threads(args.threads)
     if registry is None:
-        from ..cli import registry_for
+        from l2lbench.cli import registry_for
 
         registry = registry_for(getattr(args, "plugin", []) or [])
     optimizers = {name: registry.resolve(name).build() for name in args.optimizers}
@@ -121,5 +122,5 @@ def run(args: argparse.Namespace, *, registry: Any = None) -> int:
     keep_freed = keep_freed_memory()
     report = run_bench(spec, optimizers, data_dir=data_dir, device=device, keep_freed=keep_freed,
                        log=lambda message: print(f"l2lbench bench: {message}", file=sys.stderr))
-    print(json.dumps(report, indent=2) if args.format == "json" else format_text(report))
+    print(format_json(report) if args.format == "json" else format_text(report))
     return 0

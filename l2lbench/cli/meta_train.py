@@ -4,6 +4,7 @@
     l2lbench meta-train mtl2l --tasks fashion-mnist,kmnist --trials 30
     l2lbench meta-train lstm --suite domain-shift                # the suite's config
     l2lbench meta-train lstm --suite same-domain --tasks mnist   # one task of a per-task suite
+    l2lbench meta-train lstm --tasks mnist --estimator pes --sigma 0.01 --particles 8
 
 The checkpoint lands where ``l2lbench run`` looks for it (``<results>/checkpoints/``), so a
 later run of a suite with the same configuration reuses it; ``--out`` copies it elsewhere.
@@ -16,8 +17,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..argtypes import csv_list, positive_int
-from ..errors import UsageError
+from l2lbench.cli.argtypes import csv_list, positive_int
+from l2lbench.errors import UsageError
 
 
 def _setting(value: str) -> tuple[str, Any]:
@@ -34,7 +35,7 @@ def _setting(value: str) -> tuple[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("optimizer", help="a learned optimiser: lstm, mtl2l or a learned plug-in")
+    parser.add_argument("optimizer", help="a learned optimiser: lstm, mtl2l, mlp-lopt or a learned plug-in")
     parser.add_argument("--suite", help="start from this suite's [meta_training] config and hyperparameters")
     parser.add_argument("--tasks", type=csv_list, metavar="A,B",
                         help="training datasets, alternated trial by trial; with --suite, which of the suite's tasks "
@@ -50,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--meta-loss", metavar="{paper,authors}",  # checked by MetaTrainingSpec (no torch import here)
                         help="paper: the next batch's loss after each update (Algorithm 1, the default); "
                              "authors: the updated learner's loss on the same batch (their code)")
+    parser.add_argument("--estimator", metavar="{tbptt,es,pes}",  # checked by MetaTrainingSpec, as --meta-loss
+                        help="how each truncation's meta-gradient is estimated: tbptt, truncated back-propagation "
+                             "(the papers', the default); es, antithetic evolution strategies; pes, persistent ES")
+    parser.add_argument("--sigma", type=float, help="es/pes: std of the meta-parameter perturbations (default 0.01)")
+    parser.add_argument("--particles", type=positive_int, metavar="N",
+                        help="es/pes: antithetic pairs of perturbed learners (default 8)")
     parser.add_argument("--set", dest="settings", action="append", default=[], type=_setting, metavar="KEY=VALUE",
                         help="an optimiser hyperparameter as a TOML value, e.g. --set smoothing=0 (repeatable)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
@@ -60,16 +67,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, *, registry: Any, data_dir: Path) -> int:
     import dataclasses
 
-    from ..runner import resolve_device
-    from ..metatest import keep_freed_memory
-    from ..learned.cache import ensure_meta_trained
-    from ..learned.checkpoint import load_checkpoint, save_checkpoint
+    from l2lbench.execute.device import resolve_device
+    from l2lbench.fastpath.memory import keep_freed_memory
+    from l2lbench.execute.metatrained import ensure_meta_trained
+    from l2lbench.store.checkpoint import load_checkpoint, save_checkpoint
 
     keep_freed_memory()  # this process trains: reuse freed memory (see keep_freed_memory)
     device = resolve_device(args.device)
     settings = {"steps": args.steps, "trials": args.trials, "unroll": args.unroll, "lr": args.lr,
                 "batch_size": args.batch_size, "seed": args.seed, "param_noise": True if args.param_noise else None,
-                "meta_loss": args.meta_loss}
+                "meta_loss": args.meta_loss, "estimator": args.estimator, "sigma": args.sigma,
+                "particles": args.particles}
     settings = {k: v for k, v in settings.items() if v is not None}
     optimizers = _from_suite(args, registry, settings, device) if args.suite else [_from_flags(args, registry, settings, device)]
     for optimizer in optimizers:
@@ -79,7 +87,7 @@ def run(args: argparse.Namespace, *, registry: Any, data_dir: Path) -> int:
     if args.out and len(optimizers) > 1:
         raise UsageError(f"--out {args.out!r} takes one checkpoint, but this selection meta-trains {len(optimizers)} "
                          "(expected --tasks naming one task of the suite)")
-    from ..runner import check_batches
+    from l2lbench.plan.runs import check_batches
 
     tasks = {t for o in optimizers for t in o.meta_training.tasks}
     loaded = {dataset: dataset.load(data_dir) for dataset in {t.dataset for t in tasks}}  # fail fast on missing data
@@ -103,13 +111,13 @@ def _from_flags(args: argparse.Namespace, registry: Any, settings: dict[str, Any
     """The optimiser meta-trained on the ``--tasks`` datasets with the flags' settings."""
     import dataclasses
 
-    from ..optim.spec import OptimizerSpec
-    from ..learned.spec import MetaTrainingSpec
+    from l2lbench.spec.optimizer import OptimizerSpec
+    from l2lbench.spec.metatraining import MetaTrainingSpec
 
     if not args.tasks:
         raise UsageError("meta-train needs training tasks (expected --tasks mnist[,kmnist] or --suite NAME)")
     spec = MetaTrainingSpec.from_config({"tasks": args.tasks, **settings})
-    from ..runner import numerics
+    from l2lbench.plan.runs import numerics
 
     optimizer = registry.resolve(OptimizerSpec(args.optimizer, tuple(sorted(dict(args.settings).items()))))
     optimizer = dataclasses.replace(optimizer, meta_training=spec)
@@ -122,8 +130,8 @@ def _from_suite(args: argparse.Namespace, registry: Any, settings: dict[str, Any
     one meta-training each where the suite meta-trains per task)."""
     import dataclasses
 
-    from ..runner import suite_runs
-    from ..suite import load_suite
+    from l2lbench.plan.runs import suite_runs
+    from l2lbench.spec.suite import load_suite
 
     suite = load_suite(args.suite).with_overrides(meta=settings or None)
     matches = [o for o in suite.optimizers if args.optimizer in (o.name, o.entry)]

@@ -20,12 +20,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ..argtypes import positive_int
-from ..errors import UsageError
+from l2lbench.cli.argtypes import positive_int
+from l2lbench.errors import UsageError
 
 if TYPE_CHECKING:
-    from ..store import RunRecord
-    from ..suite import Suite
+    from l2lbench.store.runs import RunRecord
+    from l2lbench.spec.suite import Suite
 
 #: Report formats; the first is the default.
 FORMATS = ("markdown", "github", "latex", "html", "csv", "json")
@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_runs(results: Path) -> list["RunRecord"]:
     """Every run in the results store at ``results``; never creates a store."""
-    from ..store import DB_FILENAME, ResultsStore
+    from l2lbench.store.runs import DB_FILENAME, ResultsStore
 
     empty = f"no runs stored in {results}; run `l2lbench run` first"
     # ResultsStore creates a missing database; a report must not leave one behind.
@@ -93,8 +93,8 @@ def current_runs(records: Sequence["RunRecord"], registry: Any) -> tuple[list["R
     entry points, ``--plugin``); for an entry not registered here (a plug-in file not
     given) it is the newest code stored for it, and a note says so.
     """
-    from ..codeid import PROTOCOL_VERSION, key_part
-    from ..errors import L2LBenchError
+    from l2lbench.store.codeid import PROTOCOL_VERSION, key_part
+    from l2lbench.errors import L2LBenchError
 
     def entry(record: "RunRecord") -> str:
         return record.optimizer_config.get("entry", record.optimizer_name)
@@ -130,7 +130,7 @@ def current_runs(records: Sequence["RunRecord"], registry: Any) -> tuple[list["R
 
 def _reference(groups: Mapping[str, Sequence[Any]], records: Sequence["RunRecord"], name: str | None) -> str | None:
     """The reference optimiser's label in the report, from its label or its stored name."""
-    from ..report.tables import optimizer_label
+    from l2lbench.report.grouping import optimizer_label
 
     labels = sorted({g.optimizer for task_groups in groups.values() for g in task_groups})
     if name is None or name in labels:
@@ -164,15 +164,18 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         UsageError: unknown format or suite, empty store, unknown reference, unwritable output.
     """
-    from ..suite import load_suite
-    from ..report import tables
+    from l2lbench.report.grouping import group_runs
+    from l2lbench.report.model import build_report, machine_tables
+    from l2lbench.report.render import render
+    from l2lbench.report.render.csv import to_csv
+    from l2lbench.spec.suite import load_suite
 
     fmt = getattr(args, "format", FORMATS[0])
     if fmt not in FORMATS:
         raise UsageError(f"unknown report format {fmt!r}; expected one of: {', '.join(FORMATS)}")
     results = Path(getattr(args, "results", DEFAULT_RESULTS))
     out = Path(args.out) if getattr(args, "out", None) else results
-    from ..cli import registry_for
+    from l2lbench.cli import registry_for
 
     registry = registry_for(getattr(args, "plugin", []) or [])  # a broken --plugin stops here, exit 2
     records = read_runs(results)
@@ -189,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         records, notes = current_runs(records, registry)
         if not records:
             raise UsageError(f"no runs of the current code stored in {results} ({notes[-1]})")
-    from ..report import tuning as report_tuning
+    from l2lbench.report import tuning as report_tuning
 
     plans = report_tuning.plans_for(suite, registry, records) if suite is not None and suite.ruleset == "tuned" else []
     records, tuning_notes = report_tuning.final_records(records, plans)
@@ -198,9 +201,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"l2lbench: note: {note}", file=sys.stderr)
     if not records:
         raise UsageError(f"no final runs stored in {results} (only tuning runs); run `l2lbench run` to finish them")
-    reference = _reference(tables.group_runs(records), records, getattr(args, "reference", DEFAULT_REFERENCE))
+    reference = _reference(group_runs(records), records, getattr(args, "reference", DEFAULT_REFERENCE))
     renamed = {p.base.name: p.tuned_name for p in plans}
-    report = tables.build_report(records, results=str(results), reference=reference, suite=suite, renamed=renamed)
+    report = build_report(records, results=str(results), reference=reference, suite=suite, renamed=renamed)
     if plans:
         report.tuning = report_tuning.table(plans, suite.tuning)
     report.notes += notes
@@ -211,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     images: dict[str, str] = {}
     written: list[Path] = []
     if not getattr(args, "no_plots", False):
-        from ..report import plots
+        from l2lbench.report import plots
 
         try:
             pngs = plots.write_plots(report.groups, report.leaderboard, out / "plots", log_y=True if getattr(args, "log_y", False) else None)
@@ -223,15 +226,15 @@ def run(args: argparse.Namespace) -> int:
 
     if fmt == "html":  # one file to mail: the figures go inside it
         images = {key: _data_uri(out / path) for key, path in images.items()}
-    text = tables.render(report, fmt, images)
+    text = render(report, fmt, images)
     sys.stdout.write(text)
     report_path = out / REPORT_FILES[fmt]
     _write(report_path, text)
     if fmt == "csv":
         # The leaderboard is the csv report; the other tables go beside it.
-        for name, frame in tables.machine_tables(report).items():
+        for name, frame in machine_tables(report).items():
             if name != "leaderboard":
-                _write(out / f"{name}.csv", tables.to_csv(frame))
+                _write(out / f"{name}.csv", to_csv(frame))
     # stdout carries only the report (csv and json stay parseable); what was written goes to stderr.
     plots_note = f" and {len(written)} plot files under {out / 'plots'}" if written else ""
     print(f"l2lbench: wrote {report_path}{plots_note}", file=sys.stderr)

@@ -3,8 +3,8 @@
 Learned optimisers are meta-trained first (once, cached), then every job runs, in
 parallel on worker processes or a Dask cluster when asked; each finished job is stored at
 once, so an interrupted run resumes where it stopped. ``--run-timeout`` stops any run that
-takes longer and records it as failed (see :func:`l2lbench.timeouts.time_limit` and
-:mod:`l2lbench.parallel` for how).
+takes longer and records it as failed (see :func:`l2lbench.execute.timeouts.time_limit` and
+:mod:`l2lbench.execute.parallel` for how).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from ..argtypes import csv_list, positive_int
-from ..errors import RunError, Stopped, UsageError
+from l2lbench.cli.argtypes import csv_list, positive_int
+from l2lbench.errors import RunError, Stopped, UsageError
 
 WORKERS_ENV = "L2LBENCH_WORKERS"
 
 
 def _workers(value: str) -> int:
-    from ..parallel import available_cores
+    from l2lbench.execute.parallel import available_cores
 
     return available_cores() if value == "auto" else positive_int(value)
 
@@ -105,7 +105,7 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
 
 
 def _default_workers() -> int:
-    from ..parallel import available_cores
+    from l2lbench.execute.parallel import available_cores
 
     value = os.environ.get(WORKERS_ENV)
     if value is None:
@@ -121,9 +121,9 @@ def _sized_executor(args: argparse.Namespace, pairs: list, seeds: int, workers: 
     many workers as memory holds, each capped at --max-memory. A plug-in's jobs run in a
     worker process even with --workers 1, where its crash, hang or memory blow-up fails
     its own runs instead of the command."""
-    from ..optim.registry import BUILT_IN
-    from ..parallel import Executor, available_cores, default_max_memory, machine_memory
-    from ..sizing import check_fits, job_size, workers_that_fit
+    from l2lbench.plugin.registry import BUILT_IN
+    from l2lbench.execute.parallel import Executor, available_cores, default_max_memory, machine_memory
+    from l2lbench.plan.sizing import check_fits, job_size, workers_that_fit
 
     planned = [(t, seeds, o.meta_training is not None or o.checkpoint is not None) for t, o in pairs]
     planned += [(t, 1, True) for _, o in pairs if o.meta_training is not None for t in o.meta_training.tasks]
@@ -156,18 +156,21 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
 
     from tqdm import tqdm
 
-    from ..learned.cache import use_checkpoint_file
-    from ..optim.registry import PLUG_IN
-    from ..parallel import Executor
-    from ..runner import check_batches, plan, resolve_device, run_jobs, suite_runs, with_meta_training
-    from ..store import ResultsStore
-    from ..suite import load_suite, task_suite
-    from ..metatest import keep_freed_memory
+    from l2lbench.execute.metatrained import use_checkpoint_file
+    from l2lbench.plugin.registry import PLUG_IN
+    from l2lbench.execute.parallel import Executor
+    from l2lbench.execute.device import resolve_device
+    from l2lbench.execute.metatrained import with_meta_training
+    from l2lbench.execute.runner import run_jobs
+    from l2lbench.plan.runs import check_batches, plan, suite_runs
+    from l2lbench.store.runs import ResultsStore
+    from l2lbench.spec.suite import load_suite, task_suite
+    from l2lbench.fastpath.memory import keep_freed_memory
 
     keep_freed_memory()  # this process may train (--workers 1): reuse freed memory
     device = resolve_device(args.device)
     meta = {k: v for k, v in (("trials", args.meta_trials), ("steps", args.meta_steps), ("unroll", args.meta_unroll)) if v}
-    from ..suite import MAX_META_SEEDS
+    from l2lbench.spec.suite import MAX_META_SEEDS
 
     if args.meta_seeds and args.meta_seeds > MAX_META_SEEDS:
         raise UsageError(f"invalid --meta-seeds {args.meta_seeds} (expected at most {MAX_META_SEEDS})")
@@ -256,8 +259,8 @@ def _run(args: argparse.Namespace, *, registry: Any, data_dir: Path, say: Callab
 def _plugin_problems(specs: tuple, plugins: tuple[str, ...]) -> dict[Any, list[str]]:
     # In one worker process: rebuild each plug-in there and run the fast checks on it. One
     # that cannot even be built here is left to its runs, which will say why.
-    from ..parallel import worker_registry
-    from ..testing.conformance import fast_problems
+    from l2lbench.execute.parallel import worker_registry
+    from l2lbench.testing.conformance import fast_problems
 
     found = {}
     for spec in specs:
@@ -277,8 +280,8 @@ def _check_plugins(pairs: list, plugins: tuple[str, ...], executor: Any, *, limi
     this command."""
     import dataclasses
 
-    from ..errors import PluginError
-    from ..optim.registry import BUILT_IN
+    from l2lbench.errors import PluginError
+    from l2lbench.plugin.registry import BUILT_IN
 
     specs = {o.spec: o for _, o in pairs if o.entry.kind != BUILT_IN}
     if not specs:
@@ -296,8 +299,8 @@ def _tune(suite: Any, pairs: list, registry: Any, store: Any, execute: Callable,
           say: Callable[[str], None]) -> tuple[list, list[str]]:
     """The tuning stage of a ``tuned`` suite: run every candidate on the tuning seeds, then
     return the pairs with each tuned optimiser replaced by its winner, and what failed."""
-    from ..runner import plan
-    from ..tuning import score, tuning_plan
+    from l2lbench.plan.runs import plan
+    from l2lbench.plan.tuning import score, tuning_plan
 
     plans = tuning_plan(pairs, suite.tuning, registry)
     trial_pairs = [(p.task, candidate) for p in plans for _, candidate in p.trials]

@@ -31,10 +31,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
-from . import stats
-from .published import published_for
-from .target import profile
-from .tables import BOOTSTRAP_SEED, Group, learned_datasets, setting_of
+from l2lbench.report import stats
+from l2lbench.report.published import published_for
+from l2lbench.report.target import profile
+from l2lbench.report.grouping import Group, learned_datasets, setting_of
 
 #: The paper's colours, by optimiser name (a darker cyan than "cyan", visible on white).
 PAPER_COLOURS = {"mtl2l": "#000000", "lstm": "#00a5c8", "sgd": "#d62728", "momentum": "#ff7f0e", "adam": "#1f77b4"}
@@ -231,7 +231,12 @@ def _outside_legend(figure: Figure, handles: list[Line2D]) -> None:
 
 
 def task_figure(
-    task: str, groups: Sequence[Group], *, log_y: bool | None = None, seed: int = BOOTSTRAP_SEED, subtitle: str = ""
+    task: str,
+    groups: Sequence[Group],
+    *,
+    log_y: bool | None = None,
+    seed: int = stats.BOOTSTRAP_SEED,
+    subtitle: str = "",
 ) -> Figure:
     """One task, every optimiser (mean line and shaded 95% band): test loss (with the
     published curves it repeats), train loss and test accuracy, side by side."""
@@ -290,7 +295,7 @@ def domain_shift_figure(
     groups: Mapping[str, Sequence[Group]],
     *,
     log_y: bool | None = None,
-    seed: int = BOOTSTRAP_SEED,
+    seed: int = stats.BOOTSTRAP_SEED,
 ) -> Figure:
     """Panels side by side, in-domain tasks then shifted ones, sharing both axes."""
     tasks = [(t, "in-domain") for t in split[0]] + [(t, "shifted") for t in split[1]]
@@ -356,7 +361,7 @@ def write_plots(
     folder: Path,
     *,
     log_y: bool | None = None,
-    seed: int = BOOTSTRAP_SEED,
+    seed: int = stats.BOOTSTRAP_SEED,
 ) -> dict[str, Path]:
     """Write every figure as PNG and SVG under ``folder``.
 

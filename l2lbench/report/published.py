@@ -127,5 +127,5 @@ def comparison(groups: Mapping[str, Sequence[Any]], steps: Iterable[int] = TABLE
                 rows.append({"task": task, "optimizer": group.optimizer, "figure": curve.figure, "step": step,
                              "l2lbench": value, "published": paper, "published_min": low, "published_max": high,
                              "ratio": value / paper if paper else math.nan,
-                             "meta_trained_on": ",".join(map(str, meta.get("datasets", []))) if meta else None})
+                             "meta_trained_on": ",".join(group.meta_datasets or ()) if meta else None})
     return pd.DataFrame(rows, columns=columns)

@@ -18,12 +18,17 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from scipy import stats as sps
 
 #: The significance level of the paired comparisons.
 ALPHA = 0.05
+#: Seeds the bootstrap resampling, so a report is the same every time it is made.
+BOOTSTRAP_SEED = 0
+#: Resamples of the two-level bootstrap over meta-training seeds, then seeds.
+META_BOOTSTRAP = 2000
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,27 @@ def bootstrap_band(
     means = curves[rows].mean(axis=1)  # (resamples, points)
     tail = 100 * (1 - confidence) / 2
     return np.percentile(means, tail, axis=0), np.percentile(means, 100 - tail, axis=0)
+
+
+def two_level_interval(samples: Sequence[np.ndarray], *, seed: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile interval of the mean over meta-training seeds of the mean over seeds,
+    resampling both levels: the meta-training seeds, then the seeds of each one drawn.
+
+    Args:
+        samples: per meta-training seed, its seeds' values; empty ones are left out.
+
+    Returns:
+        (low, high); (nan, nan) with fewer than two non-empty samples.
+    """
+    samples = [s for s in samples if len(s)]
+    if len(samples) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = np.empty(META_BOOTSTRAP)
+    for b in range(META_BOOTSTRAP):
+        chosen = rng.integers(len(samples), size=len(samples))
+        means[b] = np.mean([rng.choice(samples[i], size=len(samples[i])).mean() for i in chosen])
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
 
 
 def area_under_curve(losses: np.ndarray) -> float:

@@ -1,7 +1,7 @@
 """The report side of a ``tuned`` suite: what each tuning chose, from the stored tuning runs.
 
 The choice is recomputed from the suite (its candidates are deterministic) and the stored
-runs, exactly as ``run`` made it (:mod:`l2lbench.tuning`), so a report never shows the
+runs, exactly as ``run`` made it (:mod:`l2lbench.plan.tuning`), so a report never shows the
 final runs of a candidate that is no longer the winner.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from ..tuning import Tuned, is_tuning_seed, score, tuning_plan
+from l2lbench.plan.tuning import Tuned, is_tuning_seed, score, tuning_plan
 
 COLUMNS = ["task", "optimizer", "chosen", "objective", "range", "candidates", "tuning_seeds", "on_edge",
            "tuning_runs", "tuning_learner_steps", "tuning_time_s"]

@@ -28,10 +28,10 @@ from typing import Any, Callable
 import torch
 from torch.func import vmap
 
-from ..optim.adapter import FunctionalAdapter
-from ..optim.base import StepContext, capability, interface_problems
-from ..optim.learned import bind_fresh, flatten_coordinates, unflatten_coordinates
-from ..optim.tree import tensor_leaves, tree_stack
+from l2lbench.plugin.adapter import FunctionalAdapter
+from l2lbench.plugin.base import StepContext, capability, interface_problems
+from l2lbench.plugin.learned import bind_fresh, flatten_coordinates, unflatten_coordinates
+from l2lbench.plugin.tree import tensor_leaves, tree_stack
 
 Factory = Callable[..., Any]
 

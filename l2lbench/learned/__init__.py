@@ -1,1 +1,0 @@
-"""Meta-training learned optimisers, their checkpoints, and the cache that reuses them."""
