@@ -42,19 +42,18 @@ Not followed: R's step-count features are ``tanh(t / s - 1)``; here they are
 ``tanh(t / s)`` (L): each starts at zero and saturates after about ``s`` steps. Like R's
 per-parameter MLP, the rule is not told the run's horizon. R's meta-learned accumulator decays and
 Adafactor-style factored accumulators (``adafac_mlp_lopt``) are not implemented; the
-decays here are fixed hyperparameters. Meta-training is l2lbench's (truncated
-back-propagation through the learner's unroll, Adam on the meta-parameters), not the
-paper's ES/PES on a task distribution. The paper's section numbers are not given here: no
+decays here are fixed hyperparameters. Meta-training is l2lbench's one implementation
+(truncated back-propagation by default, ES or PES as the meta-training's ``estimator``
+says) on the suite's tasks, not the paper's distribution of tasks. The paper's section numbers are not given here: no
 copy of the paper is kept beside l2lbench's other references.
 
 Per-run state (momenta, second moments, the step count) lives in :class:`MLPLOptState`;
 the meta-parameters never change during a run. The per-tensor normalisation makes the
 rule depend on which coordinates share a tensor, so it is not ``coordinatewise``: with
 several seeds the runner calls ``update`` under ``torch.func.vmap`` (``batchable``). It
-reads nothing of the step context and draws no random numbers. Everything is out of place
-with autograd on (meta-training differentiates through it); with autograd off (meta-test,
-evolution-strategy meta-training) the normalisation, activations and step work in place on
-their own temporaries, the same numbers to float rounding.
+reads nothing of the step context and draws no random numbers. It is written once, out of
+place, for meta-training (which differentiates through it), meta-test and evolution
+strategies alike.
 """
 
 from __future__ import annotations
@@ -182,7 +181,6 @@ class MLPLOpt(LearnedOptimizer):
         module = self.module
         first = module.layers[0]
         dtype = first.weight.dtype
-        inplace = not torch.is_grad_enabled()
         features = feature_count(len(self.momentum_decays))
         # The step-count features are the same for every coordinate: their share of the first
         # layer, W_time tanh(t / s) + b, is one bias vector for all tensors.
@@ -194,12 +192,12 @@ class MLPLOpt(LearnedOptimizer):
             decays = torch.tensor(self.momentum_decays, dtype=g.dtype, device=g.device)
             m = decays * state.momentum[name] + (1 - decays) * g.unsqueeze(-1)
             v = self.rms_decay * state.second_moment[name] + (1 - self.rms_decay) * g * g
-            step = self._step(g, p, m, v, first_bias, inplace)
+            step = self._step(g, p, m, v, first_bias)
             new_params[name] = p - step.view(p.shape).to(p.dtype)
             momentum[name], second[name] = m, v
         return new_params, MLPLOptState(count=state.count + 1, momentum=momentum, second_moment=second)
 
-    def _step(self, g: Tensor, p: Tensor, m: Tensor, v: Tensor, first_bias: Tensor, inplace: bool) -> Tensor:
+    def _step(self, g: Tensor, p: Tensor, m: Tensor, v: Tensor, first_bias: Tensor) -> Tensor:
         """``d exp(exp_mult m) step_mult`` for one tensor's coordinates, as a flat vector.
 
         Coordinates are rows and features columns, (coordinates, features): under ``vmap``
@@ -213,16 +211,14 @@ class MLPLOpt(LearnedOptimizer):
         ratio = torch.rsqrt(v.reshape(n, 1) + self.rsqrt_eps)
         x = torch.cat([g.reshape(n, 1), p.reshape(n, 1), m, v.reshape(n, 1), ratio, m * ratio], dim=1).to(dtype)
         scale = torch.rsqrt((x * x).mean(dim=0) + self.norm_eps)  # per feature, over the tensor
-        x = x.mul_(scale) if inplace else x * scale
+        x = x * scale
         for index, layer in enumerate(layers):
             weight = layer.weight[:, : x.shape[1]] if index == 0 else layer.weight
             bias = first_bias if index == 0 else layer.bias
             x = torch.nn.functional.linear(x, weight, bias)
             if index < len(layers) - 1:
-                x = x.relu_() if inplace else torch.relu(x)
+                x = torch.relu(x)
         direction, magnitude = x[:, 0], x[:, 1]
-        if inplace:
-            return magnitude.mul_(self.exp_mult).exp_().mul_(direction).mul_(self.step_mult)
         return direction * torch.exp(magnitude * self.exp_mult) * self.step_mult
 
 

@@ -103,7 +103,7 @@ def test_learned_optimizer_in_a_suite_without_meta_training(tiny_suite, tmp_path
 
 def test_smoke_suite_has_learned_entries_with_tiny_meta_training():
     suite = load_suite("smoke")
-    assert {"lstm", "mtl2l"} <= {o.name for o in suite.optimizers}
+    assert {"lstm", "mtl2l", "mlp-lopt"} <= {o.name for o in suite.optimizers}
     spec = suite.meta_training_for(next(o for o in suite.optimizers if o.name == "lstm"), suite.tasks[0])
     assert spec.trials * spec.horizon <= 100  # stays a one-minute suite
 
@@ -111,7 +111,7 @@ def test_smoke_suite_has_learned_entries_with_tiny_meta_training():
 def test_list_optimizers_shows_learned(capsys):
     assert main(["list", "optimizers", "--format", "json"]) == 0
     names = {row["name"] for row in json.loads(capsys.readouterr().out)}
-    assert {"lstm", "mtl2l"} <= names
+    assert {"lstm", "mtl2l", "mlp-lopt"} <= names
 
 
 def test_bench_is_a_subcommand():

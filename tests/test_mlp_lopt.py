@@ -114,8 +114,8 @@ def test_first_step_time_features_are_zero():
 
 
 def test_no_grad_path_equals_grad_path_and_leaves_inputs_alone():
-    """Meta-test and evolution strategies run without autograd (in-place temporaries);
-    the numbers are those of the differentiable form."""
+    """Meta-test and evolution strategies run without autograd: the numbers are those of
+    the differentiable form, and nothing handed in is changed."""
     opt = bind_fresh(mlp_lopt(step_mult=0.05), seed=3)
     g = torch.Generator().manual_seed(1)
     params = {"a.weight": torch.randn(5, 7, generator=g), "a.bias": torch.randn(7, generator=g)}
@@ -156,7 +156,7 @@ def test_normalisation_is_per_tensor():
 
 @pytest.mark.parametrize("grad_enabled", [True, False])
 def test_vmap_over_seeds_equals_each_seed_alone(grad_enabled):
-    """Stacked seeds under vmap, with autograd (out of place) and without (in place):
+    """Stacked seeds under vmap, with autograd and without:
     each seed normalised over its own tensors only."""
     opt = bind_fresh(mlp_lopt(step_mult=0.5), seed=1)
     g = torch.Generator().manual_seed(2)

@@ -11,6 +11,7 @@ import l2lbench.tasks.learners as learners
 from l2lbench.errors import ConfigError, PluginError
 from l2lbench.spec.hashing import content_hash
 from l2lbench.spec.task import TaskSpec
+from l2lbench.store.codeid import source_fingerprint
 from l2lbench.tasks.datasets import MNISTSpec, dataset_from_config
 from l2lbench.tasks.learners import learner_from_config
 
@@ -148,7 +149,9 @@ def test_an_installed_dataset_is_used_by_name_in_a_task_and_loads(tmp_path, monk
                                  "learner": {"kind": "mlp", "hidden": [4]}, "steps": 5})
 
     assert task.name == "stripes-n_train18-mlp16x4x3-relu-5steps"
-    config = {"kind": "task", "dataset": {"kind": "acme-stripes", "n_train": 18, "n_test": 3},
+    # A plug-in's code keys its tasks, as an optimiser plug-in's keys its runs.
+    code = {"fingerprint": source_fingerprint(STRIPES.format(kind="acme-stripes")), "distribution": None}
+    config = {"kind": "task", "dataset": {"kind": "acme-stripes", "n_train": 18, "n_test": 3, "code": code},
               "learner": {"kind": "mlp", "hidden": [4], "activation": "relu"},
               "steps": 5, "batch_size": 128, "eval_every": 10, "eval_examples": None}
     assert task.config() == config and task.hash == content_hash(config)
@@ -168,7 +171,8 @@ def test_an_installed_learner_is_used_by_name_in_a_task(tmp_path, monkeypatch):
     task = TaskSpec.from_config({"dataset": {"kind": "synthetic", "size": 8, "num_classes": 3},
                                  "learner": {"kind": "acme-linear", "bias": False}})
     assert task.name == "synthetic-num_classes3-size8-linear-nobias-1000steps"
-    assert task.config()["learner"] == {"kind": "acme-linear", "bias": False}
+    code = {"fingerprint": source_fingerprint(LINEAR.format(kind="acme-linear")), "distribution": None}
+    assert task.config()["learner"] == {"kind": "acme-linear", "bias": False, "code": code}
     module = task.learner.build(task.dataset.input_shape, task.dataset.num_classes)
     assert [tuple(p.shape) for p in module.parameters()] == [(3, 64)]
     assert learner_from_config({"kind": "acme-linear", "bias": False}) == task.learner
@@ -261,3 +265,27 @@ def test_a_suite_runs_on_an_installed_dataset_and_learner(tmp_path, monkeypatch,
 
     assert main(["run", "--suite", str(suite), "--results", str(tmp_path / "r"), "--workers", "1"]) == 0
     assert "done: 1 ok, 0 diverged, 0 failed" in capsys.readouterr().out
+
+
+def test_a_changed_plugin_dataset_gets_new_task_hashes_and_a_comment_does_not(tmp_path, monkeypatch):
+    """Stored results of a plug-in dataset's older code are never served: its code is part
+    of every task's hash (what runs are keyed by), comments and layout aside."""
+    source = STRIPES.format(kind="acme-edit")
+    install(tmp_path, monkeypatch, "acme_edit", source, {"l2lbench.datasets": "acme-edit = acme_edit:StripesSpec"})
+    config = {"dataset": {"kind": "acme-edit", "n_train": 18}, "learner": {"kind": "mlp", "hidden": [4]}, "steps": 5}
+    before = TaskSpec.from_config(config)
+    (tmp_path / "acme_edit.py").write_text(source + "\n# a comment changes nothing it computes\n")
+    assert TaskSpec.from_config(config).hash == before.hash
+    edited = source.replace("dtype=torch.uint8) * 10)", "dtype=torch.uint8) * 11)")
+    (tmp_path / "acme_edit.py").write_text(edited)
+    after = TaskSpec.from_config(config)
+    assert edited != source and after.hash != before.hash and after.name == before.name
+    assert TaskSpec.from_config(before.config()) == before  # a stored config, code and all, rebuilds
+
+
+def test_an_installed_plugins_package_version_keys_its_tasks(tmp_path, monkeypatch):
+    install(tmp_path, monkeypatch, "acme_versioned", STRIPES.format(kind="acme-versioned"),
+            {"l2lbench.datasets": "acme-versioned = acme_versioned:StripesSpec"}, dist="acme-versioned")
+    (tmp_path / "acme_versioned-1.0.dist-info" / "top_level.txt").write_text("acme_versioned\n")
+    task = TaskSpec.from_config({"dataset": {"kind": "acme-versioned"}, "learner": {"kind": "mlp", "hidden": [4]}})
+    assert task.config()["dataset"]["code"]["distribution"] == "acme-versioned 1.0"

@@ -26,11 +26,23 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: The config key of a plug-in spec's code identity (see :func:`spec_config`).
+CODE_KEY = "code"
+
+
 def spec_config(spec: Any) -> dict[str, Any]:
-    """The JSON-able config of a spec, including its ``kind``."""
+    """The JSON-able config of a spec, including its ``kind``; for a spec class that is not
+    l2lbench's own (a third-party dataset or learner) also what its code is, ``code``, so
+    that stored results of changed plug-in code are recomputed, never served, as for an
+    optimiser plug-in (:mod:`l2lbench.store.codeid`). Built-in configs are unchanged."""
     config: dict[str, Any] = {"kind": type(spec).kind}
     for field in dataclasses.fields(spec):
         config[field.name] = _plain(getattr(spec, field.name))
+    module = type(spec).__module__
+    if module != "l2lbench" and not module.startswith("l2lbench."):
+        from l2lbench.store.codeid import plugin_code  # imported here: keys sit below specs
+
+        config[CODE_KEY] = plugin_code(module)
     return config
 
 
@@ -102,7 +114,8 @@ def build_spec(
         )
     cls = registry[kind]
     names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in config.items() if k != key}
+    # A stored config's code identity is derived, never an argument (see spec_config).
+    kwargs = {k: v for k, v in config.items() if k not in (key, CODE_KEY)}
     unknown = sorted(set(kwargs) - names)
     if unknown:
         raise ConfigError(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.metadata
 import importlib.util
 import sys
 from typing import Any, Mapping
@@ -100,6 +101,32 @@ def code_identity(module_name: str | None, distribution: str | None = None) -> d
     if distribution:
         identity["distribution"] = distribution
     return identity
+
+
+def plugin_code(module_name: str) -> dict[str, Any]:
+    """What keys the code of a third-party spec class (a dataset or learner plug-in): the
+    fingerprint of its module and, when an installed package provides it, the package's
+    name and version."""
+    identity = code_identity(module_name, _distribution(module_name.split(".")[0], tuple(sys.path)))
+    return {"fingerprint": identity["fingerprint"], "distribution": identity.get("distribution")}
+
+
+_DISTRIBUTIONS: dict[tuple[str, ...], Mapping[str, list[str]]] = {}
+
+
+def _distribution(top_level: str, path: tuple[str, ...]) -> str | None:
+    """"name version" of the installed package that provides ``top_level``, if one does
+    (the table is read once per ``sys.path``: reading it scans every installed package)."""
+    if path not in _DISTRIBUTIONS:
+        _DISTRIBUTIONS.clear()
+        _DISTRIBUTIONS[path] = importlib.metadata.packages_distributions()
+    names = _DISTRIBUTIONS[path].get(top_level)
+    if not names:
+        return None
+    try:
+        return f"{names[0]} {importlib.metadata.version(names[0])}"
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def key_part(identity: Mapping[str, Any], protocol: Any = None) -> dict[str, Any]:

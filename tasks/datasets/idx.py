@@ -128,7 +128,19 @@ class IDXSource:
         return present
 
 
-class IDXDatasetSpec(DatasetSpec):
+class MNISTShaped:
+    """1x28x28 greyscale images in 10 classes: MNIST, its look-alikes and its transforms."""
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (1, 28, 28)
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+
+class IDXDatasetSpec(MNISTShaped, DatasetSpec):
     """Base of the MNIST-style dataset specs: 10 classes of 1x28x28 images in IDX files.
 
     A subclass is a frozen dataclass with ``kind``, ``sources = (its IDXSource,)`` and
@@ -145,14 +157,6 @@ class IDXDatasetSpec(DatasetSpec):
     @property
     def name(self) -> str:
         return derived_name(self, self.kind)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (1, 28, 28)
-
-    @property
-    def num_classes(self) -> int:
-        return 10
 
     def _load(self, data_dir: Path, download: bool) -> Splits:
         (source,) = self.sources

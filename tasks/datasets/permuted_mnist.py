@@ -17,11 +17,12 @@ from l2lbench.tasks.datasets.base import (
     load_splits,
     set_field,
 )
+from l2lbench.tasks.datasets.idx import MNISTShaped
 from l2lbench.tasks.datasets.mnist import MNIST_MEAN, MNIST_STD, MNISTSpec
 
 
 @dataclasses.dataclass(frozen=True)
-class PermutedMNISTSpec(DatasetSpec):
+class PermutedMNISTSpec(MNISTShaped, DatasetSpec):
     """MNIST with one fixed permutation of the 784 pixels, the same for every image.
 
     The permutation is ``torch.randperm(784, generator=torch.Generator().manual_seed(seed))``,
@@ -46,14 +47,6 @@ class PermutedMNISTSpec(DatasetSpec):
     @property
     def name(self) -> str:
         return derived_name(self, f"permmnist-s{self.seed}", shown=("seed",))
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (1, 28, 28)
-
-    @property
-    def num_classes(self) -> int:
-        return 10
 
     def permutation(self) -> torch.Tensor:
         """The (784,) int64 permutation: output pixel ``i`` is input pixel ``perm[i]``."""

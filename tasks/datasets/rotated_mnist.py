@@ -18,11 +18,12 @@ from l2lbench.tasks.datasets.base import (
     load_splits,
     set_field,
 )
+from l2lbench.tasks.datasets.idx import MNISTShaped
 from l2lbench.tasks.datasets.mnist import MNIST_MEAN, MNIST_STD, MNISTSpec
 
 
 @dataclasses.dataclass(frozen=True)
-class RotatedMNISTSpec(DatasetSpec):
+class RotatedMNISTSpec(MNISTShaped, DatasetSpec):
     """MNIST with every image (train and test) rotated by ``angle`` degrees counter-clockwise.
 
     The domains of DomainBed's RotatedMNIST (Gulrajani & Lopez-Paz, 2021) are 0, 15, 30,
@@ -48,14 +49,6 @@ class RotatedMNISTSpec(DatasetSpec):
     @property
     def name(self) -> str:
         return derived_name(self, f"rotmnist{format_field(self.angle)}", shown=("angle",))
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (1, 28, 28)
-
-    @property
-    def num_classes(self) -> int:
-        return 10
 
     def rotate(self, images: torch.Tensor) -> torch.Tensor:
         """Rotate (N, 1, H, W) uint8 images by ``self.angle``; 0 degrees returns them unchanged."""
