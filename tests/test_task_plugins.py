@@ -289,3 +289,36 @@ def test_an_installed_plugins_package_version_keys_its_tasks(tmp_path, monkeypat
     (tmp_path / "acme_versioned-1.0.dist-info" / "top_level.txt").write_text("acme_versioned\n")
     task = TaskSpec.from_config({"dataset": {"kind": "acme-versioned"}, "learner": {"kind": "mlp", "hidden": [4]}})
     assert task.config()["dataset"]["code"]["distribution"] == "acme-versioned 1.0"
+
+
+#: A learner that is not an nn.Sequential: its seeds cannot take the stacked fast path.
+RESIDUAL = LINEAR.replace("@dataclasses.dataclass(frozen=True)\nclass Linear(LearnerSpec):", """class Skip(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.flat, self.linear = nn.Flatten(), nn.Linear(n, 3, device="meta")
+
+    def forward(self, x):
+        return self.linear(self.flat(x))
+
+
+@dataclasses.dataclass(frozen=True)
+class Linear(LearnerSpec):""").replace(
+    "return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes, bias=self.bias, device=\"meta\"))",
+    "return Skip(math.prod(input_shape))")
+
+
+def test_a_learner_off_the_stacked_fast_path_is_named_in_its_runs_records(tmp_path, monkeypatch, capsys):
+    assert "Skip(" in RESIDUAL and "return Skip(" in RESIDUAL
+    install(tmp_path / "dist", monkeypatch, "acme_skip", RESIDUAL.format(kind="acme-skip"),
+            {"l2lbench.learners": "acme-skip = acme_skip:Linear"})
+    suite = tmp_path / "s.toml"
+    suite.write_text('seeds = 2\noptimizers = ["sgd"]\n[defaults]\nsteps = 3\nbatch_size = 4\neval_every = 3\n'
+                     '[[tasks]]\ndataset = { kind = "synthetic", size = 4, num_classes = 3, n_train = 24, n_test = 6 }\n'
+                     'learner = { kind = "acme-skip" }\n')
+    from l2lbench.cli import main
+    from l2lbench.store.runs import ResultsStore
+
+    with pytest.warns(Warning, match="not the stacked fast path"):
+        assert main(["run", "--suite", str(suite), "--results", str(tmp_path / "r")]) == 0
+    runs = ResultsStore(tmp_path / "r").runs()
+    assert len(runs) == 2 and {r.provenance["learner_slow_path"] for r in runs} == {"Skip is not an nn.Sequential"}

@@ -93,6 +93,8 @@ def _execute_job(
         splits = job.task.dataset.load(data_dir)
         data = PreparedData.from_splits(splits, job.task, device)
         learner = FunctionalLearner(job.task.learner.build(job.task.dataset.input_shape, job.task.dataset.num_classes))
+        if learner.slow_path_reason is not None:  # its seeds batch under vmap, slower: say so in the record
+            info["learner_slow_path"] = learner.slow_path_reason
         with time_limit(run_timeout):
             optimizer, meta_training = build_for_meta_test(job.optimizer, device)
         optimizer = CheckedOptimizer(optimizer, job.optimizer.name)
