@@ -164,7 +164,7 @@ def test_lstm_pytorch_initialisation_is_the_earlier_one():
 def test_separate_bias_terms_take_their_own_adam_step():
     """Adam's first step moves every element by lr (m / sqrt(v) = sign g): the input gate's
     bias, three terms in the authors' layout, moves by 3 lr; the cell gate's, two, by 2 lr."""
-    from l2lbench.execute.metatrain import MetaAdam
+    from l2lbench.fastpath.meta_adam import MetaAdam
 
     m = lstm().init_meta(generator=torch.Generator().manual_seed(0))
     before = m.bias(0).detach().clone()
@@ -633,7 +633,7 @@ def test_meta_gradient_matches_backpropagating_the_losses(factory, meta_loss, tm
         "tasks": [{"dataset": {"kind": "synthetic", "n_train": 64, "n_test": 16}, "learner": {"kind": "mlp", "hidden": [8]}}],
         "steps": 4, "batch_size": 16, "trials": 1, "unroll": 4, "clip": 1e9, "meta_loss": meta_loss,
     })
-    from l2lbench.execute.metatrain import MetaAdam
+    from l2lbench.fastpath.meta_adam import MetaAdam
 
     captured = []
     real_step = MetaAdam.step

@@ -13,6 +13,7 @@ them to it):
 * :mod:`~l2lbench.fastpath.seeds`: the batched-seed execution modes of meta-test;
 * :mod:`~l2lbench.fastpath.learner`: the stacked forward of S seeds' learners;
 * :mod:`~l2lbench.fastpath.memory`: keeping freed memory in the process for reuse;
+* :mod:`~l2lbench.fastpath.meta_adam`: meta-training's Adam without ``torch.optim``'s imports;
 * :mod:`~l2lbench.fastpath.native`: the C kernels.
 
 What each one does and why, with the timings that motivated it, is in
